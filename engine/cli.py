@@ -1,0 +1,71 @@
+"""``python -m engine VERB``: the command line every GUI job runs through.
+
+Each verb lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
+modules are imported only when their verb is used, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from engine.errors import UserError
+
+# verb -> (module, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "train": ("engine.train_cli", "run a job file: train JOB.yaml [--run-dir DIR] [--resume]"),
+    "data": ("engine.data.cli", "inspect a dataset: format, rows, token lengths, problems"),
+    "advise": ("engine.advisor.cli", "predict peak memory per method and recommend one"),
+    "explain": ("engine.explain", "print the architecture map: what a method trains"),
+    "export": ("engine.export.cli", "write the adapter, a merged model or a GGUF file"),
+    "prepare-defaults": ("engine.models", "convert the built-in default models into the cache"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (_module, help_text) in VERBS.items():
+        sub.add_parser(verb, help=help_text, add_help=False)
+    return parser, sub
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, _ = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown verb {argv[0]!r}; one of: {', '.join(VERBS)}", file=sys.stderr)
+            parser.print_help(sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    verb, rest = argv[0], argv[1:]
+    module_name, help_text = VERBS[verb]
+    verb_parser = argparse.ArgumentParser(prog=f"python -m engine {verb}", description=help_text)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(module_name.split(".")[0]):
+            print(f"error: the {verb!r} verb is not available in this build", file=sys.stderr)
+            return 2
+        raise
+    module.add_arguments(verb_parser)
+    args = verb_parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter off the terminal: our own progress reports replace it."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -1,0 +1,218 @@
+"""Events a run reports, one JSON object a line, field ``type`` first.
+
+Each event is a frozen dataclass; its JSON form is its fields. Readers (the CLI progress bar,
+the GUI's reader thread, users' scripts) rebuild them with :func:`from_json`. Unknown fields
+from a newer engine are ignored, unknown types become :class:`Unknown`, so an old reader never
+crashes on a new run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+EVENTS_FILE = "events.jsonl"
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunStarted:
+    type: str = "run_started"
+    time: float = field(default_factory=_now)
+    run_dir: str = ""
+    job: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    method: str = ""
+    trainable_params: int = 0
+    total_params: int = 0
+    quantized_4bit: bool = False
+    device: str = "cpu"
+    max_steps: int = 0
+    pid: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Progress:
+    """A wait longer than a second: model conversion, tokenization, saving."""
+
+    type: str = "progress"
+    time: float = field(default_factory=_now)
+    stage: str = ""
+    current: int = 0
+    total: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataReady:
+    type: str = "data_ready"
+    time: float = field(default_factory=_now)
+    format: str = ""
+    detected: bool = True
+    train_rows: int = 0
+    eval_rows: int = 0
+    sequences: int = 0
+    packed: bool = False
+    truncated: int = 0
+    dropped: int = 0
+    trained_tokens: int = 0
+    max_length: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    type: str = "step"
+    time: float = field(default_factory=_now)
+    step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+    loss: float = 0.0
+    learning_rate: float = 0.0
+    grad_norm: float | None = None
+    tokens_per_s: float = 0.0
+    memory: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Eval:
+    type: str = "eval"
+    time: float = field(default_factory=_now)
+    step: int = 0
+    eval_loss: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample:
+    type: str = "sample"
+    time: float = field(default_factory=_now)
+    step: int = 0
+    prompt: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    type: str = "checkpoint"
+    time: float = field(default_factory=_now)
+    step: int = 0
+    path: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Warning:  # noqa: A001 - the contract's name
+    type: str = "warning"
+    time: float = field(default_factory=_now)
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error:
+    type: str = "error"
+    time: float = field(default_factory=_now)
+    code: str = ""
+    message: str = ""
+    advice: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFinished:
+    type: str = "run_finished"
+    time: float = field(default_factory=_now)
+    status: str = "completed"  # completed | stopped | failed
+    step: int = 0
+    final_loss: float | None = None
+    output_path: str = ""
+    elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unknown:
+    """An event of a type this reader does not know (written by a newer engine)."""
+
+    type: str = "unknown"
+    time: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Event = (
+    RunStarted | Progress | DataReady | Step | Eval | Sample | Checkpoint | Warning | Error
+    | RunFinished | Unknown
+)
+EventSink = Callable[[Event], None]
+
+EVENT_TYPES: dict[str, type] = {
+    cls.type: cls  # type: ignore[attr-defined]
+    for cls in (RunStarted, Progress, DataReady, Step, Eval, Sample, Checkpoint, Warning, Error,
+                RunFinished)
+}
+
+
+def to_json(event: Event) -> str:
+    """One line of JSON, ``type`` first (dataclass field order)."""
+    return json.dumps(dataclasses.asdict(event), ensure_ascii=False, allow_nan=True)
+
+
+def from_json(line: str | dict[str, Any]) -> Event:
+    data = json.loads(line) if isinstance(line, str) else line
+    cls = EVENT_TYPES.get(data.get("type", ""))
+    if cls is None:
+        return Unknown(type=str(data.get("type", "unknown")), time=data.get("time", 0.0), data=data)
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def read_events(path: str | Path) -> list[Event]:
+    """Every complete event in an events file (a torn last line is skipped)."""
+    events: list[Event] = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break  # the writer is mid-line
+            if line.strip():
+                events.append(from_json(line))
+    return events
+
+
+class EventWriter:
+    """An EventSink that appends to ``events.jsonl`` and optionally echoes to a stream."""
+
+    def __init__(self, path: str | Path, echo: TextIO | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._echo = echo
+        self._listeners: list[EventSink] = []
+
+    def add_listener(self, sink: EventSink) -> None:
+        self._listeners.append(sink)
+
+    def __call__(self, event: Event) -> None:
+        line = to_json(event) + "\n"
+        self._fh.write(line)
+        self._fh.flush()
+        if self._echo is not None:
+            self._echo.write(line)
+            self._echo.flush()
+        for sink in self._listeners:
+            sink(event)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def stdout_sink(event: Event) -> None:
+    sys.stdout.write(to_json(event) + "\n")
+    sys.stdout.flush()
