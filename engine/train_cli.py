@@ -1,0 +1,144 @@
+"""``python -m engine train JOB.yaml [--run-dir DIR] [--resume] [--events-stdout]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import TextIO
+
+from engine import events as ev
+from engine.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="the job file (YAML)")
+    parser.add_argument("--run-dir", default=None,
+                        help="run folder (default: <runs_dir>/<name>-<timestamp>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its last complete checkpoint")
+    parser.add_argument("--events-stdout", action="store_true",
+                        help="write events as JSON lines on stdout (for the GUI and scripts)")
+
+
+class ProgressBar:
+    """One status line on a terminal: step, loss, tokens/s, ETA; other events on their own."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Step):
+            self._bar(event)
+        elif isinstance(event, ev.Progress):
+            self._line(f"… {event.message}" + (f" ({event.current}/{event.total})"
+                                               if event.total > 1 else ""))
+        elif isinstance(event, ev.DataReady):
+            how = "detected" if event.detected else "as set"
+            self._line(f"data: {event.format} ({how}), {event.train_rows} train / "
+                       f"{event.eval_rows} eval rows → {event.sequences} sequences"
+                       f"{' (packed)' if event.packed else ''}, {event.truncated} truncated, "
+                       f"{event.dropped} dropped")
+        elif isinstance(event, ev.RunStarted):
+            share = 100 * event.trainable_params / max(event.total_params, 1)
+            self._line(f"run {event.run_dir}: {event.method} on {event.device}, "
+                       f"{event.trainable_params:,} of {event.total_params:,} parameters "
+                       f"trained ({share:.2f}%){', 4-bit base' if event.quantized_4bit else ''}, "
+                       f"{event.max_steps} steps")
+        elif isinstance(event, ev.Eval):
+            self._line(f"eval @ step {event.step}: loss {event.eval_loss:.4f}")
+        elif isinstance(event, ev.Sample):
+            self._line(f"sample @ step {event.step}: {event.prompt!r} → {event.text!r}")
+        elif isinstance(event, ev.Checkpoint):
+            self._line(f"checkpoint: {event.path}")
+        elif isinstance(event, ev.Warning):
+            self._line(f"warning: {event.message}")
+        elif isinstance(event, ev.Error):
+            self._line(f"error: {event.message}" + (f"\n  → {event.advice}" if event.advice
+                                                     else ""))
+        elif isinstance(event, ev.RunFinished):
+            self._line(f"{event.status} at step {event.step}"
+                       + (f", final loss {event.final_loss:.4f}" if event.final_loss else "")
+                       + (f" → {event.output_path}" if event.output_path else "")
+                       + f" ({event.elapsed_s:.0f} s)")
+
+    def _bar(self, s: ev.Step) -> None:
+        total = max(s.max_steps, 1)
+        filled = int(24 * s.step / total)
+        eta = f"{int(s.eta_s // 60)}:{int(s.eta_s % 60):02d}" if s.eta_s is not None else "?"
+        text = (f"[{'█' * filled}{'·' * (24 - filled)}] {s.step}/{total} loss {s.loss:.4f} "
+                f"{s.tokens_per_s:,.0f} tok/s ETA {eta}")
+        if self.tty:
+            self.stream.write("\r" + text + "\033[K")
+            self.stream.flush()
+        else:
+            self._line(text)
+
+    def _line(self, text: str) -> None:
+        prefix = "\r\033[K" if self.tty else ""
+        self.stream.write(prefix + text + "\n")
+        self.stream.flush()
+
+
+class StopSignal:
+    """Stop when the run folder has a STOP file, or a line "stop" arrives on stdin."""
+
+    def __init__(self, run_dir: Path, watch_stdin: bool) -> None:
+        self.stop_file = run_dir / "STOP"
+        self._event = threading.Event()
+        if watch_stdin and sys.stdin is not None and not sys.stdin.isatty():
+            threading.Thread(target=self._read_stdin, daemon=True).start()
+
+    def _read_stdin(self) -> None:
+        for line in sys.stdin:
+            if line.strip().lower() == "stop":
+                self._event.set()
+                return
+
+    def __call__(self) -> bool:
+        return self._event.is_set() or self.stop_file.exists()
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.cli import quiet_libraries
+    from engine.config import load_job
+
+    quiet_libraries()
+    job = load_job(args.job)
+    from engine.training import STOP_FILE, new_run_dir, run_training
+
+    if args.resume and not args.run_dir:
+        raise UserError("--resume needs --run-dir: the run folder to continue",
+                        "pass --run-dir runs/<name>-<timestamp>")
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(job)
+    if args.resume and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} does not exist", "check the path")
+    (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale STOP from a previous session
+    rank = int(os.environ.get("RANK", "0"))
+    events_out = sys.stdout
+    if args.events_stdout:
+        # stdout carries only event lines; anything a library prints goes to stderr.
+        sys.stdout = sys.stderr
+    writer = ev.EventWriter(run_dir / ev.EVENTS_FILE,
+                            echo=events_out if args.events_stdout else None)
+    if not args.events_stdout:
+        writer.add_listener(ProgressBar(sys.stderr))
+    emit: ev.EventSink = writer if rank == 0 else (lambda _event: None)
+    try:
+        result = run_training(job, run_dir=run_dir, emit=emit,
+                              should_stop=StopSignal(run_dir, args.events_stdout),
+                              resume=args.resume)
+    except UserError:
+        raise
+    except Exception:
+        import traceback
+
+        traceback.print_exc(file=open(run_dir / "crash.log", "w"))  # noqa: SIM115
+        print(f"error: the run crashed; details in {run_dir / 'crash.log'}", file=sys.stderr)
+        return 1
+    finally:
+        writer.close()
+    return 0 if result.status in ("completed", "stopped") else 1
