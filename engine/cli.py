@@ -20,6 +20,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "advise": ("engine.advisor.cli", "predict peak memory per method and recommend one"),
     "explain": ("engine.explain", "print the architecture map: what a method trains"),
     "export": ("engine.export.cli", "write the adapter, a merged model or a GGUF file"),
+    "evaluate": ("engine.evaluate", "held-out loss, perplexity and answers: base vs tuned"),
+    "chat": ("engine.chat", "chat with base and tuned models (JSON lines on stdin/stdout)"),
     "prepare-defaults": ("engine.models", "convert the built-in default models into the cache"),
 }
 
