@@ -1,0 +1,57 @@
+"""Building the application: theme, settings, worker pool, window; shutdown on aboutToQuit."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from PySide6.QtCore import QEvent, QObject, QTimer
+from PySide6.QtWidgets import QApplication, QWidget
+
+from gui.job_model import JobModel
+from gui.pages import AppContext
+from gui.qt_main_window import QtMainWindow
+from gui.settings import AppSettings
+from gui.tasks import TaskRunner
+from gui.theme import apply_theme, follow_system_theme
+
+
+def create_app(app: QApplication, *, theme: str = "system",
+               settings: AppSettings | None = None) -> AppContext:
+    app.setApplicationName("Tunesmith")
+    app.setOrganizationName("Tunesmith")
+    apply_theme(app, None if theme == "system" else theme == "dark")
+    if theme == "system":
+        follow_system_theme(app)
+    tasks = TaskRunner(app)
+    app.aboutToQuit.connect(lambda: tasks.wait(5000))
+    return AppContext(job=JobModel(parent=app), tasks=tasks, settings=settings or AppSettings())
+
+
+def create_window(ctx: AppContext, *, job: str | None = None, page: str = "model") -> QtMainWindow:
+    window = QtMainWindow(ctx)
+    if job:
+        window.open_job(job)
+    window.show_page(page)
+    return window
+
+
+class _FirstPaint(QObject):
+    """Prints the time from interpreter start to the window's first paint, then quits."""
+
+    def __init__(self, window: QWidget, start: float) -> None:
+        super().__init__(window)
+        self._start = start
+        window.installEventFilter(self)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Paint:
+            obj.removeEventFilter(self)
+            print(f"visible {time.perf_counter() - self._start:.3f}", flush=True)
+            QTimer.singleShot(0, QApplication.quit)
+        return False
+
+
+def report_when_visible(window: QWidget, start: float) -> None:
+    _FirstPaint(window, start)
+    print(f"modules {len(sys.modules)}", flush=True)

@@ -1,0 +1,278 @@
+"""Engine calls the views need, as plain functions returning plain data.
+
+They run on :class:`gui.tasks.TaskRunner` worker threads and import torch, transformers and
+peft only inside the function, so opening the window stays fast. Engine modules that other
+issues are still writing are looked up with :func:`available` and degrade to a clear message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+
+from engine.config import MethodConfig
+
+
+def available(module: str) -> bool:
+    """True when ``module`` (e.g. ``engine.advisor``) is importable in this build."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _has(module: str, name: str) -> bool:
+    return available(module) and hasattr(importlib.import_module(module), name)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def list_catalog() -> list[dict[str, Any]]:
+    if not available("engine.catalog"):
+        return []
+    from engine import catalog
+
+    return catalog.list_models()
+
+
+def _catalog_entry(source: str) -> dict[str, Any] | None:
+    if not available("engine.catalog"):
+        return None
+    from engine import catalog
+
+    return catalog.get(source)
+
+
+def _config(source: str) -> Any:
+    entry = _catalog_entry(source)
+    if entry is not None and not Path(source).exists():
+        from engine import catalog
+
+        config = catalog.catalog_config(entry["name"])
+        if config is not None:
+            return config
+    from engine.models import load_config
+
+    return load_config(source)
+
+
+def _readme_license(source: str) -> str:
+    readme = Path(source).expanduser() / "README.md"
+    if not readme.is_file():
+        return ""
+    match = re.search(r"^license:\s*(\S+)", readme.read_text(errors="ignore")[:4000], re.M)
+    return match.group(1) if match else ""
+
+
+def count_parameters(config: Any) -> int:
+    """Exact parameter count of a model built from ``config`` on the meta device."""
+    model = _meta_model(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _meta_model(config: Any) -> Any:
+    from accelerate import init_empty_weights
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    with init_empty_weights():
+        try:
+            return AutoModelForCausalLM.from_config(config)
+        except ValueError:  # an encoder such as BERT: no causal-LM head
+            return AutoModel.from_config(config)
+
+
+def model_info(source: str) -> dict[str, Any]:
+    """Architecture facts of ``source`` without loading weights."""
+    from engine.models import DEFAULT_MODELS, model_facts
+
+    config = _config(source)
+    facts = model_facts(config)
+    entry = _catalog_entry(source) or {}
+    default = DEFAULT_MODELS.get(source)
+    info: dict[str, Any] = {
+        "source": source,
+        "display_name": entry.get("display_name") or source,
+        "hub_id": entry.get("hub_id", ""),
+        "model_type": facts.get("model_type"),
+        "architecture": ", ".join(facts.get("architectures") or []) or None,
+        "layers": facts.get("num_hidden_layers"),
+        "hidden_size": facts.get("hidden_size"),
+        "heads": facts.get("num_attention_heads"),
+        "kv_heads": facts.get("num_key_value_heads"),
+        "intermediate_size": facts.get("intermediate_size"),
+        "vocab_size": facts.get("vocab_size"),
+        "context": entry.get("context_length") or facts.get("max_position_embeddings"),
+        "license": entry.get("license") or (default.license if default else "")
+        or _readme_license(source) or "unknown",
+        "description": default.description if default else "",
+        "task": default.task if default else "",
+    }
+    info["parameters"] = entry.get("params") or count_parameters(config)
+    return info
+
+
+# --------------------------------------------------------------------------- data
+
+
+def inspect_data(path: str, **kwargs: Any) -> Any:
+    """``engine.data.inspect_dataset``; raises ``ModuleNotFoundError`` before it lands."""
+    from engine.data import inspect_dataset
+
+    return inspect_dataset(path, **kwargs)
+
+
+# --------------------------------------------------------------------------- advisor
+
+
+def gpu_status() -> dict[str, Any]:
+    if not _has("engine.telemetry", "gpu_status"):
+        return {"gpus": [], "reason": "GPU telemetry is not available in this build yet"}
+    from engine.telemetry import gpu_status as status
+
+    return dict(status())
+
+
+def advise(source: str, **kwargs: Any) -> dict[str, Any]:
+    from engine.advisor import advise as engine_advise
+
+    return dict(engine_advise(source, **kwargs))
+
+
+def method_shares(source: str, methods: tuple[str, ...]) -> dict[str, float]:
+    """Share of parameters each method trains on ``source`` (0..1)."""
+    if _has("engine.advisor", "method_param_counts"):
+        from engine.advisor import method_param_counts
+
+        return {m: float(method_param_counts(source, m)["share"]) for m in methods}
+    config = _config(source)
+    shares = {}
+    for method in methods:
+        model = _apply_method(_meta_model(config), MethodConfig(name=method))
+        total = sum(p.numel() for p in model.parameters())
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        shares[method] = trained / total if total else 0.0
+    return shares
+
+
+# --------------------------------------------------------------------------- architecture map
+
+
+def architecture_map(source: str, method: MethodConfig) -> dict[str, Any]:
+    """The module tree with what ``method`` trains: ``engine.explain`` when present."""
+    if _has("engine.explain", "explain"):
+        from engine.explain import explain
+
+        result = explain(source, method.name)
+        if isinstance(result, dict) and "tree" in result:
+            return result
+    model = _apply_method(_meta_model(_config(source)), method)
+    tree = _root_node(model)
+    return {"tree": tree, "trainable": tree["trainable"], "total": tree["params"],
+            "note": _method_note(method.name), "source": "meta-device build (peft applied)"}
+
+
+def _method_note(name: str) -> str:
+    notes = {
+        "qlora": "QLoRA: the same LoRA matrices on a base held in 4-bit NF4.",
+        "adapter": "Bottleneck adapters are inserted by the engine after each block; "
+                   "the base stays frozen.",
+        "full": "Full fine-tuning: every weight is trained.",
+    }
+    return notes.get(name, "")
+
+
+def _apply_method(model: Any, method: MethodConfig) -> Any:
+    name = method.name
+    if name == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    config = _peft_config(model, method)
+    if config is None:
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, config)
+
+
+def _peft_config(model: Any, method: MethodConfig) -> Any:
+    import peft
+
+    targets: Any = method.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    causal = hasattr(model, "lm_head") or hasattr(model, "get_output_embeddings")
+    task = "CAUSAL_LM" if causal and hasattr(model, "generate") else "FEATURE_EXTRACTION"
+    if method.name in ("lora", "qlora", "dora"):
+        return peft.LoraConfig(r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
+                               target_modules=targets, use_dora=method.name == "dora",
+                               task_type=task)
+    if method.name == "ia3":
+        return peft.IA3Config(task_type=task)
+    if method.name in ("prefix", "ptuning_v2"):
+        return peft.PrefixTuningConfig(num_virtual_tokens=method.num_virtual_tokens,
+                                       prefix_projection=method.prefix_projection,
+                                       task_type=task)
+    if method.name == "prompt":
+        return peft.PromptTuningConfig(num_virtual_tokens=method.num_virtual_tokens,
+                                       task_type=task)
+    return None  # adapter: not a peft method; the engine adds it
+
+
+def _root_node(model: Any) -> dict[str, Any]:
+    """The base model's tree, with a peft prompt encoder (prefix, prompt) as an extra branch."""
+    if not hasattr(model, "get_base_model"):
+        return _node("model", model)
+    root = _node("model", model.get_base_model())
+    encoder = getattr(model, "prompt_encoder", None)
+    if encoder is not None and len(encoder):
+        extra = _node("prompt_encoder (virtual tokens)", encoder)
+        root["children"].append(extra)
+        root["params"] += extra["params"]
+        root["trainable"] += extra["trainable"]
+    return root
+
+
+def _node(name: str, module: Any) -> dict[str, Any]:
+    params = list(module.parameters())
+    node: dict[str, Any] = {
+        "name": name,
+        "type": type(module).__name__,
+        "params": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "children": [],
+    }
+    if hasattr(module, "base_layer"):  # a peft tuner layer: show it as one trained leaf
+        node["type"] = f"{type(module.base_layer).__name__} + {type(module).__name__}"
+        return node
+    node["children"] = [_node(child_name, child) for child_name, child in module.named_children()]
+    return node
+
+
+def inspect_for_job(job: Any) -> tuple[Any, str]:
+    """Inspect the job's dataset as its model will see it: ``(report, note)``.
+
+    When the model's tokenizer cannot be loaded (offline hub id), the rows are still checked
+    without token lengths, and ``note`` says why.
+    """
+    from engine.errors import DataError, UserError
+
+    ds = job.dataset
+    kwargs = {"format": ds.format, "max_length": ds.max_length, "overflow": ds.overflow,
+              "text_column": ds.text_column, "label_column": ds.label_column,
+              "task": job.task, "system_prompt": ds.system_prompt, "split": ds.split}
+    try:
+        return inspect_data(ds.path, model_source=job.model.source, **kwargs), ""
+    except DataError:
+        raise
+    except UserError as exc:
+        if exc.code == "bad_data":
+            raise
+        report = inspect_data(ds.path, model_source=None, **kwargs)
+        return report, f"Token lengths need the model's tokenizer: {exc.message}"

@@ -1,0 +1,83 @@
+"""The page list, in one place: later issues slot their pages in here.
+
+Each page is built on first visit (``build(ctx)`` imports its module only then), so the window
+opens without importing pyqtgraph or any page it does not show yet.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from PySide6.QtWidgets import QWidget
+
+from gui.job_model import JobModel
+from gui.settings import AppSettings
+from gui.tasks import TaskRunner
+
+
+@dataclass
+class AppContext:
+    """What every page is built from: the job, the worker pool, the settings."""
+
+    job: JobModel
+    tasks: TaskRunner
+    settings: AppSettings
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    key: str
+    title: str
+    subtitle: str  # one line under the title in the sidebar tooltip and the page header
+    view: str  # "module:Class"; the class takes (ctx) or, for placeholders, (ctx, spec)
+    step: bool = True  # a numbered step of the flow (Runs is not)
+    placeholder: dict[str, str] = field(default_factory=dict)
+
+    def build(self, ctx: AppContext) -> QWidget:
+        module_name, _, class_name = self.view.partition(":")
+        cls: Callable[..., QWidget] = getattr(importlib.import_module(module_name), class_name)
+        return cls(ctx, self) if self.placeholder else cls(ctx)
+
+
+_PLACEHOLDER = "gui.qt_placeholder_page:QtPlaceholderPage"
+
+PAGES: list[PageSpec] = [
+    PageSpec("model", "Model", "Pick the base model", "gui.qt_model_page:QtModelPage"),
+    PageSpec("data", "Data", "Load and check your dataset", "gui.qt_data_page:QtDataPage"),
+    PageSpec("method", "Method", "Choose how to fine-tune", "gui.qt_method_page:QtMethodPage"),
+    PageSpec("hyperparameters", "Hyperparameters", "Tune the training run",
+             "gui.qt_hyperparams_page:QtHyperparamsPage"),
+    PageSpec("train", "Train", "Run and watch the training", _PLACEHOLDER, placeholder={
+        "verb": "train",
+        "what": "Start, stop and resume training. Live loss and learning-rate curves, GPU "
+                "memory and utilisation gauges, tokens per second, sample answers at each "
+                "evaluation, and warnings with advice when a run goes wrong.",
+        "cli": "Until then, run the job from a terminal:"}),
+    PageSpec("evaluate", "Evaluate", "Measure and chat", _PLACEHOLDER, placeholder={
+        "verb": "train",
+        "what": "Evaluation loss and metrics on the held-out split, before/after comparisons "
+                "of sample prompts, and a chat box to talk with the fine-tuned model.",
+        "cli": "Evaluation already runs during training (dataset.eval_split, "
+               "training.eval_steps):"}),
+    PageSpec("export", "Export", "Save the result", _PLACEHOLDER, placeholder={
+        "verb": "export",
+        "what": "Write the adapter on its own, a merged 16-bit model, or a GGUF file for "
+                "llama.cpp / Ollama, from any finished run.",
+        "cli": "Until then, export a finished run from a terminal:",
+        "command": "python -m engine export RUN_DIR --out exported --merge"}),
+    PageSpec("runs", "Runs", "Past and running jobs", _PLACEHOLDER, step=False, placeholder={
+        "verb": "train",
+        "what": "Every run in the runs folder with its status, loss curve and settings; "
+                "re-attach to a run that is still going, resume a stopped one, or compare two.",
+        "cli": "Each run is a folder under output.runs_dir; resume one with:",
+        "suffix": "--run-dir RUN_DIR --resume"}),
+]
+
+
+def page_spec(key: str) -> PageSpec:
+    for spec in PAGES:
+        if spec.key == key:
+            return spec
+    raise KeyError(f"no page {key!r} (known: {', '.join(p.key for p in PAGES)})")

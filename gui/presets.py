@@ -1,0 +1,48 @@
+"""Presets: partial job files in ``resources/presets/*.yaml``, each led by a comment header."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "resources" / "presets"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str  # the file's stem, e.g. "vram-12gb"
+    description: str  # the header comment, without the leading "# "
+    values: dict[str, Any]  # a nested, partial job mapping
+
+
+def preset_names(folder: Path = PRESETS_DIR) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def preset_path(name: str, folder: Path = PRESETS_DIR) -> Path:
+    """The file of preset ``name``; the error lists the known names."""
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(preset_names(folder)) or "none"
+        raise KeyError(f"no preset {name!r} in {folder} (known: {known})")
+    return path
+
+
+def load_preset(name: str, folder: Path = PRESETS_DIR) -> Preset:
+    text = preset_path(name, folder).read_text(encoding="utf-8")
+    values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"preset {name!r} must be a mapping of job keys")
+    return Preset(name, _header(text), values)
+
+
+def _header(text: str) -> str:
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return " ".join(lines).removeprefix("Preset: ")

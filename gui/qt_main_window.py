@@ -1,0 +1,266 @@
+"""The Tunesmith window: a sidebar with the flow (Model → … → Export, Runs) and one page each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.config import JobConfig
+from engine.errors import UserError
+from gui.pages import PAGES, AppContext, page_spec
+
+BUSY_DELAY_MS = 1000  # show the busy indicator only for waits longer than a second
+JOB_FILTER = "Job files (*.yaml *.yml);;All files (*)"
+
+
+class QtMainWindow(QMainWindow):
+    def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.ctx, self.job = ctx, ctx.job
+        self.pages: dict[str, QWidget] = {}
+        self._build_central()
+        self._build_actions()
+        self._build_status_bar()
+        self.job.changed.connect(self._on_job_changed)
+        self.job.path_changed.connect(self._on_job_changed)
+        self.job.dirty_changed.connect(self._on_job_changed)
+        ctx.tasks.busy_changed.connect(self._on_busy_changed)
+        ctx.settings.recent_changed.connect(self._on_recent_changed)
+        self._on_recent_changed()
+        self._on_job_changed()
+        self.resize(1280, 800)
+        geometry = ctx.settings.geometry()
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        self.show_page(PAGES[0].key)
+
+    # ------------------------------------------------------------------ layout
+    def _build_central(self) -> None:
+        self.sidebar = QListWidget()
+        self.sidebar.setObjectName("sidebar")
+        self.sidebar.setFixedWidth(200)
+        self.sidebar.setIconSize(QSize(0, 0))
+        self.sidebar.setStyleSheet(
+            "#sidebar { border: none; background: palette(alternate-base); padding-top: 8px; }"
+            "#sidebar::item { padding: 9px 14px; }"
+            "#sidebar::item:selected { background: palette(highlight);"
+            " color: palette(highlighted-text); }")
+        step = 0
+        for spec in PAGES:
+            step += spec.step
+            text = f"{step}.  {spec.title}" if spec.step else f"     {spec.title}"
+            item = QListWidgetItem(text)
+            item.setData(Qt.ItemDataRole.UserRole, spec.key)
+            item.setToolTip(spec.subtitle)
+            self.sidebar.addItem(item)
+        self.sidebar.currentRowChanged.connect(self._on_sidebar_row)
+        self.stack = QStackedWidget()
+        for _spec in PAGES:
+            self.stack.addWidget(QWidget())  # replaced by the real page on first visit
+        self.back_button = QPushButton("← Back")
+        self.next_button = QPushButton("Next →")
+        self.back_button.clicked.connect(self._on_back)
+        self.next_button.clicked.connect(self._on_next)
+        nav = QHBoxLayout()
+        nav.setContentsMargins(20, 0, 20, 12)
+        nav.addWidget(self.back_button)
+        nav.addStretch(1)
+        nav.addWidget(self.next_button)
+        right = QVBoxLayout()
+        right.setContentsMargins(0, 0, 0, 0)
+        right.addWidget(self.stack, 1)
+        right.addLayout(nav)
+        central = QWidget()
+        layout = QHBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.sidebar)
+        layout.addLayout(right, 1)
+        self.setCentralWidget(central)
+
+    def _action(self, text: str, slot: object, shortcut: object = None) -> QAction:
+        action = QAction(text, self)
+        action.triggered.connect(slot)
+        if shortcut is not None:
+            action.setShortcut(shortcut)
+        return action
+
+    def _build_actions(self) -> None:
+        self.new_action = self._action("&New job", self._on_new, QKeySequence.StandardKey.New)
+        self.open_action = self._action("&Open job…", self._on_open, QKeySequence.StandardKey.Open)
+        self.save_action = self._action("&Save job", self._on_save, QKeySequence.StandardKey.Save)
+        self.save_as_action = self._action("Save job &as…", self._on_save_as,
+                                           QKeySequence.StandardKey.SaveAs)
+        self.copy_cli_action = self._action("Copy CLI command", self._on_copy_cli)
+        quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.recent_menu = QMenu("Open &recent", self)
+        menu = self.menuBar().addMenu("&File")
+        for action in (self.new_action, self.open_action):
+            menu.addAction(action)
+        menu.addMenu(self.recent_menu)
+        menu.addSeparator()
+        for action in (self.save_action, self.save_as_action, self.copy_cli_action):
+            menu.addAction(action)
+        menu.addSeparator()
+        menu.addAction(quit_action)
+        toolbar = self.addToolBar("Job")
+        toolbar.setObjectName("jobToolbar")
+        toolbar.setMovable(False)
+        for action in (self.new_action, self.open_action, self.save_action,
+                       self.save_as_action, self.copy_cli_action):
+            toolbar.addAction(action)
+
+    def _build_status_bar(self) -> None:
+        self.path_label = QLabel()
+        self.busy_label = QLabel()
+        self.busy_bar = QProgressBar()
+        self.busy_bar.setRange(0, 0)  # indeterminate
+        self.busy_bar.setFixedWidth(120)
+        self.busy_bar.setMaximumHeight(14)
+        bar = self.statusBar()
+        bar.addWidget(self.path_label, 1)
+        bar.addPermanentWidget(self.busy_label)
+        bar.addPermanentWidget(self.busy_bar)
+        self.busy_label.hide()
+        self.busy_bar.hide()
+        self._busy_timer = QTimer(self, singleShot=True, interval=BUSY_DELAY_MS)
+        self._busy_timer.timeout.connect(self._on_busy_timeout)
+
+    # ------------------------------------------------------------------ pages
+    def page(self, key: str) -> QWidget:
+        """The page ``key``, built on first use."""
+        if key not in self.pages:
+            index = [p.key for p in PAGES].index(key)
+            widget = page_spec(key).build(self.ctx)
+            old = self.stack.widget(index)
+            self.stack.insertWidget(index, widget)
+            self.stack.removeWidget(old)
+            old.deleteLater()
+            self.pages[key] = widget
+        return self.pages[key]
+
+    def show_page(self, key: str) -> None:
+        index = [p.key for p in PAGES].index(key)
+        self.stack.setCurrentWidget(self.page(key))
+        self.sidebar.blockSignals(True)
+        self.sidebar.setCurrentRow(index)
+        self.sidebar.blockSignals(False)
+        self.back_button.setEnabled(index > 0)
+        is_last = index == len(PAGES) - 1
+        self.next_button.setEnabled(not is_last)
+        self.next_button.setText("Next →" if is_last else f"Next: {PAGES[index + 1].title} →")
+
+    def current_key(self) -> str:
+        return PAGES[max(self.sidebar.currentRow(), 0)].key
+
+    def _on_sidebar_row(self, row: int) -> None:
+        if 0 <= row < len(PAGES):
+            self.show_page(PAGES[row].key)
+
+    def _on_back(self) -> None:
+        self.show_page(PAGES[max(self.sidebar.currentRow() - 1, 0)].key)
+
+    def _on_next(self) -> None:
+        self.show_page(PAGES[min(self.sidebar.currentRow() + 1, len(PAGES) - 1)].key)
+
+    # ------------------------------------------------------------------ job files
+    def open_job(self, path: str) -> bool:
+        try:
+            self.job.load(path)
+        except UserError as exc:
+            self._error("Cannot open the job", exc)
+            return False
+        self.ctx.settings.add_recent(path)
+        return True
+
+    def save_job(self, path: str) -> bool:
+        try:
+            self.job.save(path)
+        except OSError as exc:
+            QMessageBox.warning(self, "Cannot save the job", f"{path}: {exc.strerror}")
+            return False
+        self.ctx.settings.add_recent(path)
+        self.statusBar().showMessage(f"Saved {path}", 4000)
+        return True
+
+    def _on_new(self) -> None:
+        self.job.replace(JobConfig(), dirty=False)
+
+    def _on_open(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open job", "", JOB_FILTER)
+        if path:
+            self.open_job(path)
+
+    def _on_save(self) -> None:
+        if self.job.path:
+            self.save_job(self.job.path)
+        else:
+            self._on_save_as()
+
+    def _on_save_as(self) -> None:
+        start = self.job.path or f"{self.job.job.name}.yaml"
+        path, _ = QFileDialog.getSaveFileName(self, "Save job", start, JOB_FILTER)
+        if path:
+            self.save_job(path if Path(path).suffix else f"{path}.yaml")
+
+    def _on_copy_cli(self) -> None:
+        command = self.job.cli_command("train")
+        QGuiApplication.clipboard().setText(command)
+        self.statusBar().showMessage(f"Copied: {command}", 4000)
+
+    def _on_recent_changed(self) -> None:
+        self.recent_menu.clear()
+        files = self.ctx.settings.recent_files()
+        for path in files:
+            action = self.recent_menu.addAction(path)
+            action.triggered.connect(lambda _c=False, p=path: self.open_job(p))
+        self.recent_menu.setEnabled(bool(files))
+
+    def _error(self, title: str, exc: UserError) -> None:
+        text = exc.message + (f"\n\n{exc.advice}" if exc.advice else "")
+        QMessageBox.warning(self, title, text)
+
+    # ------------------------------------------------------------------ status
+    def _on_job_changed(self, *_args: object) -> None:
+        name = Path(self.job.path).name if self.job.path else "untitled job"
+        mark = "*" if self.job.dirty else ""
+        self.setWindowTitle(f"Tunesmith — {name}{mark}")
+        where = self.job.path or "not saved yet"
+        self.path_label.setText(f"Job: {where}{'  (unsaved changes)' if mark else ''}")
+
+    def _on_busy_changed(self, busy: bool, message: str) -> None:
+        if busy and not self._busy_timer.isActive() and not self.busy_bar.isVisible():
+            self._busy_timer.start()
+        self.busy_label.setText(message)
+        if not busy:
+            self._busy_timer.stop()
+            self.busy_label.hide()
+            self.busy_bar.hide()
+
+    def _on_busy_timeout(self) -> None:
+        if self.ctx.tasks.is_busy():
+            self.busy_label.setText(self.ctx.tasks.message())
+            self.busy_label.show()
+            self.busy_bar.show()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.ctx.settings.set_geometry(self.saveGeometry())
+        self.ctx.settings.sync()
+        event.accept()

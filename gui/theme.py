@@ -1,0 +1,72 @@
+"""Light and dark palettes that follow the system's colour scheme (Qt ≥ 6.5)."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QGuiApplication, QPalette
+from PySide6.QtWidgets import QApplication
+
+# Semantic colours shared by the views (status of a method, trained tokens and modules).
+FITS = "#2e9d4f"
+TIGHT = "#d89614"
+WONT_FIT = "#d0453a"
+ACCENT = "#3d7bd9"
+
+
+def is_dark() -> bool:
+    """True when the application palette is dark (system scheme, or forced for screenshots)."""
+    return QApplication.palette().color(QPalette.ColorRole.Window).lightness() < 128
+
+
+def trained_background() -> str:
+    return "#1f4d2e" if is_dark() else "#d4f2dc"
+
+
+def muted_text() -> str:
+    return "#8a9099" if is_dark() else "#6b7280"
+
+
+def _dark_palette() -> QPalette:
+    p = QPalette()
+    base, window, text = QColor("#1e1f22"), QColor("#2b2d31"), QColor("#e6e6e6")
+    roles = {
+        QPalette.ColorRole.Window: window, QPalette.ColorRole.WindowText: text,
+        QPalette.ColorRole.Base: base, QPalette.ColorRole.AlternateBase: QColor("#26282c"),
+        QPalette.ColorRole.Text: text, QPalette.ColorRole.Button: QColor("#36383d"),
+        QPalette.ColorRole.ButtonText: text, QPalette.ColorRole.ToolTipBase: QColor("#3a3c42"),
+        QPalette.ColorRole.ToolTipText: text, QPalette.ColorRole.Highlight: QColor(ACCENT),
+        QPalette.ColorRole.HighlightedText: QColor("#ffffff"),
+        QPalette.ColorRole.PlaceholderText: QColor("#80858c"),
+        QPalette.ColorRole.Link: QColor("#6fa8ff"), QPalette.ColorRole.Mid: QColor("#44474d"),
+    }
+    for role, color in roles.items():
+        p.setColor(role, color)
+    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.WindowText,
+                 QPalette.ColorRole.ButtonText):
+        p.setColor(QPalette.ColorGroup.Disabled, role, QColor("#7a7d83"))
+    return p
+
+
+def _light_palette() -> QPalette:
+    p = QApplication.style().standardPalette()
+    p.setColor(QPalette.ColorRole.Highlight, QColor(ACCENT))
+    p.setColor(QPalette.ColorRole.HighlightedText, QColor("#ffffff"))
+    return p
+
+
+def system_prefers_dark() -> bool:
+    hints = QGuiApplication.styleHints()
+    return hints.colorScheme() == Qt.ColorScheme.Dark
+
+
+def apply_theme(app: QApplication, dark: bool | None = None) -> None:
+    """Fusion with a light or dark palette; ``dark=None`` follows the system."""
+    app.setStyle("Fusion")
+    dark = system_prefers_dark() if dark is None else dark
+    app.setPalette(_dark_palette() if dark else _light_palette())
+    app.setProperty("tunesmith_dark", dark)
+
+
+def follow_system_theme(app: QApplication) -> None:
+    """Re-apply the palette when the system switches between light and dark."""
+    QGuiApplication.styleHints().colorSchemeChanged.connect(lambda _s: apply_theme(app))
