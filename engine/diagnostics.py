@@ -1,0 +1,217 @@
+"""Run diagnostics: watch a run's events and say when it goes wrong, with what to do.
+
+Pure Python and Qt-free, so the GUI, the CLI and users' scripts share one set of rules::
+
+    diag = Diagnostics()
+    for event in read_events(run_dir / "events.jsonl"):
+        for warning in diag.feed(event):
+            print(warning.code, warning.message)
+
+The engine itself reports the hard failures (``Error(code="non_finite_loss")`` stops the run
+without writing a checkpoint; ``Error(code="cuda_oom")``). :class:`Diagnostics` adds the soft
+ones, which only a trend over many events reveals:
+
+- ``divergence``: the training loss jumps above ``DIVERGENCE_FACTOR`` × its moving median;
+- ``overfitting``: the eval loss rises for ``OVERFIT_EVALS`` evaluations in a row while the
+  training loss falls -- stop and keep the best checkpoint.
+
+:func:`oom_retry_settings` turns an out-of-memory failure into safer settings to retry with,
+and :func:`keep_best_checkpoint` makes the best evaluated checkpoint the run's result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from collections import deque
+from collections.abc import Iterable
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from engine import events as ev
+
+DIVERGENCE_FACTOR = 3.0  # loss above this many times its moving median
+DIVERGENCE_WINDOW = 20  # steps in the moving median
+DIVERGENCE_MIN_STEPS = 5  # a median of fewer steps is noise
+OVERFIT_EVALS = 3  # consecutive eval-loss rises
+BEST_FILE = "best_checkpoint.json"
+
+ADVICE = {
+    "non_finite_loss": "The loss became NaN or infinite, so the run stopped without saving a "
+                       "checkpoint of broken weights. Lower the learning rate (e.g. 10×) or use "
+                       "precision bf16/fp32 instead of fp16, then retry or resume.",
+    "divergence": "The loss jumped far above its recent level: the learning rate is probably "
+                  "too high. Stop, lower training.learning_rate (or raise warmup) and resume "
+                  "from the last checkpoint.",
+    "overfitting": "The eval loss keeps rising while the training loss falls: the model is "
+                   "memorising the training set. Stop and keep the checkpoint with the lowest "
+                   "eval loss; next time train fewer steps, or use more data or dropout.",
+    "cuda_oom": "The GPU ran out of memory. A smaller micro-batch with more gradient "
+                "accumulation (same effective batch), gradient checkpointing, or QLoRA fits "
+                "in less memory.",
+}
+
+
+class Diagnostics:
+    """Fed every event of one run in order; returns the :class:`~engine.events.Warning` s due.
+
+    Each warning code fires once per run (a second divergence after a recovery fires again).
+    """
+
+    def __init__(self, *, factor: float = DIVERGENCE_FACTOR, window: int = DIVERGENCE_WINDOW,
+                 min_steps: int = DIVERGENCE_MIN_STEPS, overfit_evals: int = OVERFIT_EVALS) -> None:
+        self.factor, self.min_steps, self.overfit_evals = factor, min_steps, overfit_evals
+        self._losses: deque[float] = deque(maxlen=window)
+        self._evals: list[tuple[int, float]] = []  # (step, eval_loss)
+        self._train_at_eval: list[float] = []  # mean training loss since the previous eval
+        self._since_eval: list[float] = []
+        self._diverging = False
+        self._overfit_warned = False
+
+    @property
+    def best_eval(self) -> tuple[int, float] | None:
+        """(step, eval_loss) of the lowest eval loss so far."""
+        finite = [e for e in self._evals if math.isfinite(e[1])]
+        return min(finite, key=lambda e: e[1]) if finite else None
+
+    def feed(self, event: ev.Event) -> list[ev.Warning]:
+        if isinstance(event, ev.RunStarted) and not self._losses:
+            self._evals.clear()
+        if isinstance(event, ev.Step):
+            return self._on_step(event)
+        if isinstance(event, ev.Eval):
+            return self._on_eval(event)
+        return []
+
+    def feed_all(self, events: Iterable[ev.Event]) -> list[ev.Warning]:
+        return [w for e in events for w in self.feed(e)]
+
+    # -- divergence ----------------------------------------------------------------------------
+
+    def _on_step(self, step: ev.Step) -> list[ev.Warning]:
+        loss = step.loss
+        if not math.isfinite(loss):
+            return []  # the engine reports it (Error non_finite_loss) and stops
+        self._since_eval.append(loss)
+        out: list[ev.Warning] = []
+        if len(self._losses) >= self.min_steps:
+            median = statistics.median(self._losses)
+            above = median > 0 and loss > self.factor * median
+            if above and not self._diverging:
+                out.append(ev.Warning(
+                    code="divergence", time=step.time,
+                    message=f"step {step.step}: loss {loss:.4g} is {loss / median:.1f}× its "
+                            f"moving median ({median:.4g}) — the run may be diverging"))
+            self._diverging = above
+        if not self._diverging:
+            self._losses.append(loss)  # a spike does not drag the median up
+        return out
+
+    # -- overfitting ---------------------------------------------------------------------------
+
+    def _on_eval(self, e: ev.Eval) -> list[ev.Warning]:
+        if self._evals and self._evals[-1][0] == e.step:
+            return []  # the same evaluation reported twice (a final evaluate)
+        self._evals.append((e.step, e.eval_loss))
+        recent = self._since_eval or (self._train_at_eval[-1:] or [math.nan])
+        self._train_at_eval.append(statistics.fmean(recent))
+        self._since_eval = []
+        n = self.overfit_evals
+        if self._overfit_warned or len(self._evals) < n + 1:
+            return []
+        evals = [x for _, x in self._evals[-(n + 1):]]
+        trains = self._train_at_eval[-(n + 1):]
+        eval_rising = all(b > a for a, b in pairwise(evals))
+        train_falling = trains[-1] < trains[0]
+        if not (eval_rising and train_falling):
+            return []
+        self._overfit_warned = True
+        best = self.best_eval
+        where = f"; the best was {best[1]:.4g} at step {best[0]}" if best else ""
+        return [ev.Warning(
+            code="overfitting", time=e.time,
+            message=f"eval loss rose {n} evaluations in a row ({evals[0]:.4g} → {evals[-1]:.4g}) "
+                    f"while the training loss fell{where}")]
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def oom_retry_settings(job: dict[str, Any], *, cuda: bool = True) -> dict[str, Any]:
+    """Safer settings after an out-of-memory failure, as a partial job to merge.
+
+    Halves the micro-batch and doubles gradient accumulation (the effective batch stays),
+    turns gradient checkpointing on, and moves LoRA/DoRA to QLoRA on a GPU (what the
+    advisor recommends first when memory is short); at micro-batch 1 it halves max_length.
+    """
+    training = job.get("training", {})
+    method = job.get("method", {}).get("name", "lora")
+    batch = int(training.get("batch_size", 4))
+    accum = int(training.get("grad_accum", 1))
+    out: dict[str, Any] = {"training": {"gradient_checkpointing": True}}
+    if batch > 1:
+        new_batch = max(1, batch // 2)
+        out["training"]["batch_size"] = new_batch
+        out["training"]["grad_accum"] = max(1, accum * batch // new_batch)
+    if cuda and method in ("lora", "dora"):
+        out["method"] = {"name": "qlora"}
+    if batch == 1:  # nothing left to split: shorten the sequences instead
+        length = int(job.get("dataset", {}).get("max_length", 512))
+        out["dataset"] = {"max_length": max(64, length // 2)}
+    return out
+
+
+def describe_settings(partial: dict[str, Any]) -> list[str]:
+    """``section.key: value`` lines of a partial job, for a banner."""
+    return [f"{section}.{key}: {value}" for section, keys in partial.items()
+            for key, value in keys.items()]
+
+
+def best_checkpoint(run_dir: str | Path, evals: Iterable[ev.Eval]) -> Path | None:
+    """The kept checkpoint nearest to (at or before) the step with the lowest eval loss."""
+    scored = [e for e in evals if math.isfinite(e.eval_loss)]
+    if not scored:
+        return None
+    best_step = min(scored, key=lambda e: e.eval_loss).step
+    folder = Path(run_dir) / "checkpoints"
+    kept = sorted((int(p.name.split("-")[-1]), p) for p in folder.glob("checkpoint-*")
+                  if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file())
+    at_or_before = [p for step, p in kept if step <= best_step]
+    return at_or_before[-1] if at_or_before else None
+
+
+def keep_best_checkpoint(run_dir: str | Path) -> Path | None:
+    """Make the best evaluated checkpoint the run's result.
+
+    Copies its adapter (or model) files over ``adapter/`` (or ``model/``) and records the
+    choice in ``best_checkpoint.json``. Returns the checkpoint used, or None when there is none.
+    """
+    run_dir = Path(run_dir)
+    events = ev.read_events(run_dir / ev.EVENTS_FILE)
+    best = best_checkpoint(run_dir, (e for e in events if isinstance(e, ev.Eval)))
+    if best is None:
+        return None
+    target = run_dir / ("adapter" if (best / "adapter_config.json").exists() else "model")
+    partial = run_dir / f".{target.name}.best"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    for item in best.iterdir():
+        if item.is_file() and not _is_trainer_state(item.name):
+            shutil.copy2(item, partial / item.name)
+    if target.exists():
+        for item in target.iterdir():  # keep the tokenizer files the final save wrote
+            if item.is_file() and not (partial / item.name).exists():
+                shutil.copy2(item, partial / item.name)
+        shutil.rmtree(target)
+    partial.rename(target)
+    step = int(best.name.split("-")[-1])
+    (run_dir / BEST_FILE).write_text(json.dumps({"checkpoint": str(best), "step": step}) + "\n")
+    return best
+
+
+def _is_trainer_state(name: str) -> bool:
+    return name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+                    "training_args.bin") or name.startswith("rng_state")
