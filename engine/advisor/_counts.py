@@ -7,6 +7,7 @@ memory, so an 8B model and its peft wrapper are counted in about a second, offli
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ class ModelFacts:
     norms_per_layer: int
     tied_embeddings: bool
     linears: tuple[LinearFacts, ...] = field(default_factory=tuple)  # of one decoder layer
+    param_sizes: tuple[int, ...] = ()  # numel of every parameter tensor
 
     @property
     def largest_linear(self) -> int:
@@ -93,13 +95,24 @@ def build_meta_model(config: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        with init_empty_weights():
+        with init_empty_weights(), _no_init():
             model = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError) as exc:
         raise UserError(f"cannot build a {config.model_type!r} model from its config: {exc}",
                         "the advisor supports causal language models") from None
     model.tie_weights()  # init_empty_weights skips tying; a tied head has no own weight
     return model
+
+
+def _no_init() -> Any:
+    """Skip weight initialisation (nothing to initialise on the meta device)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        import contextlib
+
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def _decoder_layers(model: Any) -> Any:
@@ -137,7 +150,8 @@ def _facts_from_model(config: Any, model: Any) -> ModelFacts:
         kv_heads=int(getattr(config, "num_key_value_heads", None) or heads), head_dim=head_dim,
         vocab=int(config.vocab_size), total_params=total, layer_linear_params=linear_weights,
         other_params=total - linear_weights, norms_per_layer=norms,
-        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)), linears=linears)
+        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)), linears=linears,
+        param_sizes=tuple(p.numel() for p in model.parameters()))
 
 
 _FACTS: dict[str, ModelFacts] = {}
@@ -187,7 +201,7 @@ def peft_config(method: str, config: Any, opts: MethodOptions) -> Any:
     if method in LORA_METHODS:
         return peft.LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
                                target_modules=targets, use_dora=method == "dora",
-                               task_type="CAUSAL_LM")
+                               init_lora_weights=method == "dora", task_type="CAUSAL_LM")
     if method == "prefix":
         return peft.PrefixTuningConfig(num_virtual_tokens=opts.num_virtual_tokens,
                                        prefix_projection=opts.prefix_projection,
@@ -213,11 +227,16 @@ def adapter_sizes(facts: ModelFacts, bottleneck: int) -> tuple[int, ...]:
 
 
 def _apply_peft(config: Any, method: str, opts: MethodOptions) -> MethodCounts:
+    from accelerate import init_empty_weights
     from peft import get_peft_model
 
     model = build_meta_model(config)
     try:
-        wrapped = get_peft_model(model, peft_config(method, config, opts))
+        # The adapters go on the meta device too: allocating and initialising them for real
+        # would take seconds on an 8B model.
+        with warnings.catch_warnings(), init_empty_weights():
+            warnings.simplefilter("ignore", FutureWarning)  # peft calls a v5-deprecated name
+            wrapped = get_peft_model(model, peft_config(method, config, opts))
     except ValueError as exc:
         raise UserError(f"method {method!r} cannot be applied: {str(exc).splitlines()[0]}",
                         "check method.target_modules") from None
@@ -230,7 +249,8 @@ def method_counts(config: Any, method: str, opts: MethodOptions | None = None) -
     if method not in ALL_METHODS:
         raise UserError(f"unknown method {method!r}", f"one of: {', '.join(ALL_METHODS)}")
     opts = opts or MethodOptions()
-    key = (config_key(config), method, repr(opts))
+    # QLoRA trains exactly LoRA's parameters; only the base is stored in 4 bits.
+    key = (config_key(config), "lora" if method == "qlora" else method, repr(opts))
     if key not in _COUNTS:
         _COUNTS[key] = _count(config, method, opts)
     return _COUNTS[key]
@@ -239,10 +259,51 @@ def method_counts(config: Any, method: str, opts: MethodOptions | None = None) -
 def _count(config: Any, method: str, opts: MethodOptions) -> MethodCounts:
     facts = model_facts(config)
     if method == "full":
-        model = build_meta_model(config)
-        sizes = tuple(p.numel() for p in model.parameters())
-        return MethodCounts(sum(sizes), facts.total_params, sizes)
+        return MethodCounts(facts.total_params, facts.total_params, facts.param_sizes)
     if method == "adapter":
         sizes = adapter_sizes(facts, opts.bottleneck_size)
         return MethodCounts(sum(sizes), facts.total_params + sum(sizes), sizes)
     return _apply_peft(config, method, opts)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model source resolved to its config, with the catalog's display facts if known."""
+
+    key: str  # the catalog name, or the source as given
+    config: Any
+    info: dict[str, Any]
+
+
+def resolve_model(source: str) -> ResolvedModel:
+    """Catalog entry (by name or hub id) first, else ``engine.models.load_config``."""
+    from engine import catalog
+
+    if not source or not source.strip():
+        raise UserError("no model given", "pass --model NAME (see the catalog names)")
+    entry = catalog.get(source)
+    if entry is not None:
+        info = {k: entry[k] for k in ("name", "display_name", "hub_id", "params",
+                                      "context_length", "license")}
+        return ResolvedModel(entry["name"], catalog.catalog_config(entry["name"]),
+                             {**info, "from": "catalog"})
+    try:
+        from engine.models import load_config
+    except ImportError:  # pragma: no cover - engine.models ships with the engine
+        load_config = None
+    if load_config is None:
+        raise UserError(f"unknown model {source!r}", f"catalog models: {_known()}")
+    try:
+        config = load_config(source)
+    except UserError as exc:
+        raise UserError(f"unknown model {source!r}: {exc.message}",
+                        f"use a catalog name ({_known()}), a local model folder or a hub id",
+                        code="bad_model") from None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return ResolvedModel(source.strip(), config, {"name": source.strip(), "from": "config"})
+
+
+def _known() -> str:
+    from engine import catalog
+
+    return ", ".join(catalog.names())

@@ -1,0 +1,292 @@
+"""Predictions per method and the recommendation: what fits this GPU, and how.
+
+:func:`advise` is what the CLI (``python -m engine advise``) and the GUI call. It predicts the
+peak memory of every method at the requested settings, then searches for the best setup that
+fits with at least 10% headroom: LoRA when it fits, QLoRA when only it does, smaller
+micro-batches (with more gradient accumulation, keeping the effective batch), gradient
+checkpointing, and last a shorter maximum sequence length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from engine.advisor import _corrections
+from engine.advisor._counts import (
+    ALL_METHODS,
+    MethodCounts,
+    MethodOptions,
+    ResolvedModel,
+    method_counts,
+    model_facts,
+    resolve_model,
+)
+from engine.advisor._memory import GIB, OPTIMIZERS, Estimate, Setup, estimate
+from engine.errors import UserError
+
+HEADROOM = 1.10  # a setup fits when expected x 1.1 <= the memory available
+CPU_LIBRARY_BASELINE = 0.55 * GIB  # interpreter + torch + transformers + peft, resident
+QLORA_SLOWDOWN = "about 30% slower than LoRA (4-bit weights are de-quantized at every use)"
+CKPT_SLOWDOWN = "about 30% slower (activations are recomputed in the backward pass)"
+MIN_SEQ_LEN = 128
+
+
+@dataclass(frozen=True)
+class Target:
+    """The memory the advice is for: a GPU (detected or typed in) or the CPU's RAM."""
+
+    device: str  # cuda | cpu
+    memory_gb: float | None
+    label: str
+    dtype_bytes: int
+
+
+def _target(vram_gb: float | None, gpus: list[dict[str, Any]]) -> Target:
+    if vram_gb is not None:
+        return Target("cuda", float(vram_gb), f"a GPU with {vram_gb:g} GiB", 2)
+    if gpus:
+        gpu = gpus[0]
+        return Target("cuda", float(gpu["total_gb"]), f"{gpu['name']} ({gpu['total_gb']:.1f} GiB)",
+                      2)
+    from engine.telemetry import read_system_stats
+
+    ram = read_system_stats()["ram_available_gb"]
+    return Target("cpu", float(ram), f"the CPU ({ram:.1f} GiB RAM free, no NVIDIA GPU)", 4)
+
+
+@dataclass(frozen=True)
+class Request:
+    """The settings asked for, before any search."""
+
+    batch_size: int
+    grad_accum: int
+    seq_len: int
+    optimizer: str
+    gradient_checkpointing: bool | None
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.grad_accum
+
+
+class Predictor:
+    """Predicts one model's peak for any method and setup, with stored corrections."""
+
+    def __init__(self, model: ResolvedModel, target: Target, opts: MethodOptions) -> None:
+        self.model = model
+        self.target = target
+        self.opts = opts
+        self.facts = model_facts(model.config)
+
+    def counts(self, method: str) -> MethodCounts:
+        return method_counts(self.model.config, method, self.opts)
+
+    def setup(self, method: str, **kw: Any) -> Setup:
+        o = self.opts
+        return Setup(method=method, device=self.target.device,
+                     dtype_bytes=self.target.dtype_bytes, r=o.r, lora_dropout=o.dropout,
+                     num_virtual_tokens=o.num_virtual_tokens, bottleneck_size=o.bottleneck_size,
+                     **kw)
+
+    def predict(self, s: Setup, *, corrected: bool = True) -> Estimate:
+        factor = (_corrections.get_correction(self.model.key, s.method, s.device)
+                  if corrected else 1.0)
+        return estimate(self.facts, self.counts(s.method), s, target_modules=self.opts
+                        .target_modules, correction=factor, cpu_baseline=CPU_LIBRARY_BASELINE)
+
+    def fits(self, est: Estimate) -> bool:
+        return self.target.memory_gb is not None and (
+            est.expected * HEADROOM <= self.target.memory_gb * GIB)
+
+
+def _method_entry(p: Predictor, method: str, s: Setup) -> dict[str, Any]:
+    est = p.predict(s)
+    counts = p.counts(method)
+    entry = est.gib()
+    entry.update(fits=p.fits(est), trainable_params=counts.trainable,
+                 total_params=counts.total, share=round(counts.share, 6))
+    return entry
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def _candidates(req: Request) -> list[tuple[int, bool]]:
+    """(micro-batch, checkpointing) in the order tried: fastest first."""
+    ckpts = [False, True] if req.gradient_checkpointing is None else [req.gradient_checkpointing]
+    out: list[tuple[int, bool]] = []
+    for ckpt in ckpts:
+        b = req.batch_size
+        while b >= 1:
+            out.append((b, ckpt))
+            b //= 2
+    out.sort(key=lambda bc: (bc[1], -bc[0]))  # no checkpointing first, then big batches
+    return out
+
+
+def _seq_lens(req: Request) -> list[int]:
+    lens = [req.seq_len]
+    s = req.seq_len
+    while s // 2 >= MIN_SEQ_LEN:
+        s //= 2
+        lens.append(s)
+    return lens
+
+
+def _search(p: Predictor, methods: list[str], req: Request) -> dict[str, Any] | None:
+    for seq in _seq_lens(req):
+        for method in methods:
+            for b, ckpt in _candidates(req):
+                s = p.setup(method, batch_size=b, seq_len=seq, gradient_checkpointing=ckpt,
+                            optimizer=req.optimizer)
+                est = p.predict(s)
+                if p.fits(est):
+                    return {"method": method, "batch_size": b,
+                            "grad_accum": max(1, math.ceil(req.effective_batch / b)),
+                            "seq_len": seq, "gradient_checkpointing": ckpt,
+                            "optimizer": req.optimizer, "expected_gb": est.gib()["expected_gb"]}
+    return None
+
+
+def _reason(rec: dict[str, Any], req: Request, target: Target, methods: list[str]) -> str:
+    parts = [f"{rec['method'].upper() if rec['method'] != 'full' else 'Full fine-tuning'} "
+             f"fits {target.label} at about {rec['expected_gb']:.1f} GiB"]
+    if rec["method"] == "qlora" and "lora" in methods:
+        parts.append(f"LoRA does not, so QLoRA's 4-bit base is used: {QLORA_SLOWDOWN}")
+    if rec["batch_size"] < req.batch_size:
+        parts.append(f"micro-batch {rec['batch_size']} x {rec['grad_accum']} accumulation "
+                     f"steps keeps the effective batch of {req.effective_batch}")
+    if rec["gradient_checkpointing"] and req.gradient_checkpointing is None:
+        parts.append(f"gradient checkpointing is on: {CKPT_SLOWDOWN}")
+    if rec["seq_len"] < req.seq_len:
+        parts.append(f"only with sequences cut to {rec['seq_len']} tokens "
+                     f"(asked: {req.seq_len})")
+    return "; ".join(parts) + "."
+
+
+def _wont_fit(p: Predictor, req: Request, methods: list[str]) -> dict[str, Any]:
+    method = "qlora" if "qlora" in methods or len(methods) > 1 else methods[0]
+    s = p.setup(method, batch_size=1, seq_len=min(req.seq_len, 512),
+                gradient_checkpointing=True, optimizer="paged_adamw_8bit")
+    need = p.predict(s).expected * HEADROOM / GIB
+    smaller = _smaller_catalog_model(p, req)
+    what = f"; {smaller} would fit" if smaller else ""
+    return {"method": None, "batch_size": None, "grad_accum": None, "seq_len": None,
+            "gradient_checkpointing": None, "optimizer": None,
+            "needs_gb": round(need, 2),
+            "reason": (f"Won't fit {p.target.label}: even {method.upper()} with micro-batch 1, "
+                       f"{s.seq_len} tokens, checkpointing and paged 8-bit AdamW needs about "
+                       f"{need:.1f} GiB with 10% headroom{what}.")}
+
+
+def _smaller_catalog_model(p: Predictor, req: Request) -> str | None:
+    """The biggest catalog model that fits with QLoRA at micro-batch 1 and checkpointing."""
+    from engine import catalog
+
+    entries = sorted(catalog.list_models(), key=lambda e: -e["params"])
+    for entry in entries:
+        if entry["params"] >= p.facts.total_params:
+            continue
+        other = Predictor(resolve_model(entry["name"]), p.target, p.opts)
+        s = other.setup("qlora", batch_size=1, seq_len=min(req.seq_len, 512),
+                        gradient_checkpointing=True, optimizer="paged_adamw_8bit")
+        if other.fits(other.predict(s)):
+            return f"{entry['display_name']} ({entry['name']})"
+    return None
+
+
+def recommend(p: Predictor, req: Request, method: str | None) -> dict[str, Any]:
+    """The best setup that fits with 10% headroom, or what would fit, with one reason."""
+    if p.target.memory_gb is None:
+        return {"method": None, "reason": "No memory amount to advise for."}
+    methods = [method] if method else ["lora", "qlora"]
+    rec = _search(p, methods, req)
+    if rec is None:
+        return _wont_fit(p, req, methods)
+    rec["reason"] = _reason(rec, req, p.target, methods)
+    return rec
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _check(value: float, name: str, lo: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < lo \
+            or not math.isfinite(value):
+        raise UserError(f"{name} must be a number >= {lo:g}, got {value!r}")
+
+
+def _check_inputs(vram_gb: float | None, method: str | None, seq_len: int, batch_size: int,
+                  grad_accum: int, optimizer: str) -> None:
+    if vram_gb is not None:
+        _check(vram_gb, "vram_gb", 0.1)
+    if method is not None and method not in ALL_METHODS:
+        raise UserError(f"unknown method {method!r}", f"one of: {', '.join(ALL_METHODS)}")
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {optimizer!r}", f"one of: {', '.join(OPTIMIZERS)}")
+    _check(seq_len, "seq_len", 8)
+    _check(batch_size, "batch_size", 1)
+    _check(grad_accum, "grad_accum", 1)
+
+
+def advise(model_source: str, *, vram_gb: float | None = None, method: str | None = None,
+           seq_len: int = 512, batch_size: int = 4, grad_accum: int = 1,
+           optimizer: str = "adamw", gradient_checkpointing: bool | None = None,
+           **method_kwargs: Any) -> dict[str, Any]:
+    """Predicted peak memory per method and a recommendation, as plain data (sizes in GiB).
+
+    ``vram_gb`` overrides the detected GPU; with neither, the advice is for the CPU's RAM.
+    ``gradient_checkpointing=None`` lets the recommendation switch it on when needed (the
+    per-method table then assumes it off). ``method_kwargs`` are LoRA/prompt options
+    (r, dropout, target_modules, num_virtual_tokens, ...).
+    """
+    _check_inputs(vram_gb, method, seq_len, batch_size, grad_accum, optimizer)
+    from engine.telemetry import gpu_status
+
+    status = gpu_status()
+    target = _target(vram_gb, status["gpus"])
+    model = resolve_model(model_source)
+    p = Predictor(model, target, MethodOptions.from_kwargs(**method_kwargs))
+    req = Request(int(batch_size), int(grad_accum), int(seq_len), optimizer,
+                  gradient_checkpointing)
+    base = {"batch_size": req.batch_size, "seq_len": req.seq_len, "optimizer": optimizer,
+            "gradient_checkpointing": bool(gradient_checkpointing)}
+    methods = {m: _method_entry(p, m, p.setup(m, **base)) for m in ALL_METHODS}
+    return {
+        "model": {**model.info, "total_params": p.facts.total_params},
+        "vram_gb": target.memory_gb if target.device == "cuda" else None,
+        "device": target.device, "memory_gb": target.memory_gb, "target": target.label,
+        "gpus": status["gpus"], "gpu_reason": status["reason"],
+        "settings": {**base, "grad_accum": req.grad_accum, "headroom": HEADROOM},
+        "methods": methods,
+        "recommendation": recommend(p, req, method),
+    }
+
+
+def method_param_counts(model_source: str, method: str, **method_kwargs: Any) -> dict[str, Any]:
+    """Exact trainable and total parameters of ``method`` on a model (meta device, offline)."""
+    model = resolve_model(model_source)
+    counts = method_counts(model.config, method, MethodOptions.from_kwargs(**method_kwargs))
+    return {"trainable": counts.trainable, "total": counts.total, "share": counts.share}
+
+
+def predict_job_peak(job: Any, device: str, *, corrected: bool = True) -> Estimate:
+    """The prediction for a job file's settings on ``device`` (used by the run's self-check)."""
+    m, t = job.method, job.training
+    model = resolve_model(job.model.source)
+    dtype = 4 if device != "cuda" or t.precision == "fp32" else 2
+    target = Target(device, None, device, dtype)
+    opts = MethodOptions(r=m.r, alpha=m.alpha, dropout=m.dropout,
+                         target_modules=tuple(m.target_modules),
+                         bottleneck_size=m.bottleneck_size,
+                         num_virtual_tokens=m.num_virtual_tokens,
+                         prefix_projection=m.prefix_projection)
+    p = Predictor(model, target, opts)
+    s = replace(p.setup(m.name, batch_size=t.batch_size, seq_len=job.dataset.max_length,
+                        gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer,
+                        attn_implementation=job.model.attn_implementation),
+                double_quant=m.double_quant, full_master_fp32=t.precision == "fp16")
+    return p.predict(s, corrected=corrected)
+
