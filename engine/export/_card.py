@@ -1,0 +1,131 @@
+"""The model card (README.md) of an export: base model, data, method, settings, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from engine.export._run import RunInfo
+
+
+def run_metrics(run_dir: Path) -> dict[str, Any]:
+    """Facts from events.jsonl (and evaluation.json when ``evaluate`` ran)."""
+    from engine import events as ev
+
+    facts: dict[str, Any] = {}
+    path = run_dir / ev.EVENTS_FILE
+    for event in ev.read_events(path) if path.is_file() else []:
+        if isinstance(event, ev.DataReady):
+            facts["data"] = {"format": event.format, "train_rows": event.train_rows,
+                             "eval_rows": event.eval_rows, "trained_tokens": event.trained_tokens}
+        elif isinstance(event, ev.RunStarted):
+            facts["trainable_params"] = event.trainable_params
+            facts["total_params"] = event.total_params
+            facts["device"] = event.device
+        elif isinstance(event, ev.Eval):
+            facts["eval_loss"] = event.eval_loss
+            facts["eval_step"] = event.step
+        elif isinstance(event, ev.RunFinished):
+            facts["status"] = event.status
+            facts["steps"] = event.step
+            facts["final_loss"] = event.final_loss
+            facts["elapsed_s"] = event.elapsed_s
+    evaluation = run_dir / "evaluation.json"
+    if evaluation.is_file():
+        facts["evaluation"] = json.loads(evaluation.read_text(encoding="utf-8"))
+    return facts
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def model_card(info: RunInfo, *, kind: str, exports: list[dict[str, Any]],
+               notes: list[str]) -> str:
+    job, m = info.job, run_metrics(info.run_dir)
+    library = "peft" if kind == "adapter" and not info.is_full else "transformers"
+    lines = ["---", f"base_model: {job.model.source}", f"library_name: {library}",
+             "tags:", "- tunesmith", f"- {job.method.name}", "---", "",
+             f"# {job.name}", "",
+             f"Fine-tuned with Tunesmith from **{job.model.source}** using "
+             f"**{info.spec.label}** ({job.task}).", ""]
+    lines += _data_section(job, m) + _method_section(info, m) + _metrics_section(m)
+    lines += ["## This export", ""]
+    for item in exports:
+        lines.append(f"- **{item['kind']}**: `{item['path']}`"
+                     + (f" (largest logit difference in its check: {item['max_logit_diff']:.2e})"
+                        if item.get("max_logit_diff") is not None else ""))
+    lines += [f"- {n}" for n in notes] + [""] + _usage(kind, job.model.source, exports)
+    return "\n".join(lines) + "\n"
+
+
+def _data_section(job: Any, m: dict[str, Any]) -> list[str]:
+    data = m.get("data", {})
+    fmt = data.get("format", job.dataset.format)
+    out = ["## Data", "", f"- dataset: `{job.dataset.path}` (format {fmt})"]
+    if data:
+        out.append(f"- rows: {data['train_rows']} train, {data['eval_rows']} held out; "
+                   f"{data['trained_tokens']:,} answer tokens trained on")
+    out += [f"- max length: {job.dataset.max_length} tokens", ""]
+    return out
+
+
+def _method_section(info: RunInfo, m: dict[str, Any]) -> list[str]:
+    job = info.job
+    meth, tr = job.method, job.training
+    out = ["## Method and settings", "", f"- method: {info.spec.label} — {info.spec.summary}"]
+    if job.method.name in ("lora", "qlora", "dora"):
+        out.append(f"- rank r={meth.r}, alpha={_fmt(meth.alpha)}, dropout={_fmt(meth.dropout)}, "
+                   f"target modules: {', '.join(meth.target_modules)}")
+    if "trainable_params" in m:
+        share = 100 * m["trainable_params"] / max(m["total_params"], 1)
+        out.append(f"- trained parameters: {m['trainable_params']:,} of {m['total_params']:,} "
+                   f"({share:.2f}%)")
+    steps = tr.max_steps if tr.max_steps > 0 else f"{_fmt(tr.epochs)} epochs"
+    out += [f"- steps: {steps}, batch size {tr.batch_size} × grad accumulation {tr.grad_accum}, "
+            f"learning rate {_fmt(tr.learning_rate)} ({tr.lr_scheduler}), "
+            f"precision {tr.precision}, seed {tr.seed}", ""]
+    if info.from_checkpoint:
+        out += [f"- exported from `{info.result.name}`: the run did not finish", ""]
+    return out
+
+
+def _metrics_section(m: dict[str, Any]) -> list[str]:
+    out = ["## Metrics", ""]
+    if m.get("final_loss") is not None:
+        out.append(f"- final training loss: {m['final_loss']:.4f} after {m.get('steps')} steps "
+                   f"({m.get('status')})")
+    if m.get("eval_loss") is not None:
+        loss = m["eval_loss"]
+        out.append(f"- held-out loss: {loss:.4f} (perplexity {math.exp(min(loss, 50)):.2f})")
+    ev = m.get("evaluation")
+    if ev and ev.get("tuned", {}).get("loss") is not None:
+        out.append(f"- evaluate: held-out loss base {ev['base']['loss']:.4f} → tuned "
+                   f"{ev['tuned']['loss']:.4f} (perplexity {ev['base']['perplexity']:.2f} → "
+                   f"{ev['tuned']['perplexity']:.2f})")
+    if len(out) == 2:
+        out.append("- none recorded")
+    return [*out, ""]
+
+
+def _usage(kind: str, base: str, exports: list[dict[str, Any]]) -> list[str]:
+    out = ["## Use it", ""]
+    kinds = {e["kind"] for e in exports}
+    if "adapter" in kinds:
+        out += ["```python", "from peft import AutoPeftModelForCausalLM",
+                "model = AutoPeftModelForCausalLM.from_pretrained(\"path/to/this/folder\")",
+                f"# or attach it to your own copy of the base model ({base})", "```", ""]
+    if "merged" in kinds:
+        out += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")",
+                "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/folder\")", "```", ""]
+    for e in exports:
+        if e["kind"] == "gguf":
+            name = Path(e["path"]).name
+            out += ["```sh", f"llama-cli -m {name} -cnv", "ollama create my-model -f Modelfile",
+                    "ollama run my-model", "```", ""]
+    return out

@@ -1,0 +1,278 @@
+"""``export_run``: write a run's result as an adapter folder, a merged model and/or a GGUF file.
+
+Everything is written into a staging folder beside the target, then renamed into place, so a
+failure (or a failed check) never leaves a half-written export behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+from engine.events import EventSink, Progress
+from engine.export._events import Exported
+from engine.export._run import RunInfo, open_run
+
+# Files of a training checkpoint that are not part of an adapter.
+_TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin",
+                   "README.md", "scaler.pt")
+DEMO_PROMPT = "Tell me about yourself in one sentence."
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, gguf: bool = False,
+               gguf_type: str = "f16", dtype: str = "bfloat16", overwrite: bool = False,
+               emit: EventSink | None = None) -> list[Exported]:
+    """Export the trained result of ``run_dir`` into the folder ``out``.
+
+    Without ``merge``/``gguf`` the folder is the PEFT adapter (full fine-tuning: the model).
+    ``merge`` writes a merged 16-bit model; ``gguf`` writes ``<name>-<type>.gguf`` and an
+    Ollama ``Modelfile``. Returns one :class:`Exported` event per result (also emitted).
+    """
+    from engine.export._gguf import GGUF_TYPES
+    from engine.export._merge import torch_dtype
+
+    sink: EventSink = emit or (lambda _e: None)
+    info = open_run(run_dir)
+    if gguf_type not in GGUF_TYPES:
+        raise UserError(f"--gguf-type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
+    torch_dtype(dtype)
+    refusal = info.merge_refusal()
+    if (merge or gguf) and refusal:
+        raise UserError(f"run {info.run_dir.name} cannot be merged: {refusal}",
+                        "export it without --merge and --gguf to get the adapter",
+                        code="not_mergeable")
+    target = check_target(info, Path(out), overwrite)
+    merge = merge or (info.is_full and not gguf)
+    check_disk_space(target, estimate_bytes(info, merge=merge, gguf=gguf, gguf_type=gguf_type,
+                                            dtype=dtype))
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        results = _write(info, staging, target, merge=merge, gguf=gguf, gguf_type=gguf_type,
+                         dtype=dtype, refusal=refusal, emit=sink)
+        _replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for event in results:
+        sink(event)
+    return results
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_target(info: RunInfo, out: Path, overwrite: bool) -> Path:
+    """The resolved target; UserError for the base folder, the run folder, or a full folder."""
+    target = out.expanduser().resolve()
+    protected = {"the base model's folder": _base_paths(info),
+                 "the run folder": [info.run_dir.resolve()]}
+    for what, folders in protected.items():
+        for folder in folders:
+            if _inside(target, folder) or _inside(folder, target):
+                raise UserError(f"--out {out} is {what} ({folder}) or overlaps it; an export "
+                                "never writes there", "pick a new folder, e.g. exports/my-model",
+                                code="bad_target")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--out {out} is a file", "pick a folder", code="bad_target")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise UserError(f"--out {out} is not empty",
+                        "pick an empty or new folder, or pass --overwrite to replace it",
+                        code="target_not_empty")
+    return target
+
+
+def _base_paths(info: RunInfo) -> list[Path]:
+    paths = []
+    source = Path(info.job.model.source).expanduser()
+    if source.suffix == ".gguf":
+        paths.append(source.resolve().parent)
+    elif source.is_dir():
+        paths.append(source.resolve())
+    try:
+        folder = Path(info.base_folder())
+        if folder.is_dir():
+            paths.append(folder.resolve())
+    except UserError:
+        pass
+    return paths
+
+
+def _param_count(info: RunInfo) -> int:
+    """Parameters of the base from its safetensors headers (no weights read), else the config."""
+    from safetensors import safe_open
+
+    folder = Path(info.base_folder())
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if files:
+        total = 0
+        for f in files:
+            with safe_open(str(f), "np") as fh:
+                for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    n = 1
+                    for d in fh.get_slice(key).get_shape():
+                        n *= d
+                    total += n
+        return total
+    from engine.models import load_config
+
+    c = load_config(info.job.model.source)
+    h, layers = getattr(c, "hidden_size", 0), getattr(c, "num_hidden_layers", 0)
+    inter = getattr(c, "intermediate_size", 4 * h)
+    return int(getattr(c, "vocab_size", 0) * h * 2 + layers * (4 * h * h + 3 * h * inter))
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def estimate_bytes(info: RunInfo, *, merge: bool, gguf: bool, gguf_type: str, dtype: str) -> int:
+    """Bytes an export writes, with a margin (tokenizer files, card, rounding)."""
+    total = _folder_bytes(info.result) if not (merge or gguf) else 0
+    if merge or gguf:
+        n = _param_count(info)
+        if merge:
+            total += n * (4 if dtype == "float32" else 2)
+        if gguf:
+            total += n * 2 if gguf_type == "f16" else n * 34 // 32
+    return int(total * 1.1) + 64 * 2**20
+
+
+def check_disk_space(target: Path, needed: int) -> None:
+    probe = target
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise UserError(f"not enough free disk space for this export at {probe}: it needs about "
+                        f"{needed / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free",
+                        "free some space or pick --out on another disk", code="disk_full")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write(info: RunInfo, staging: Path, target: Path, *, merge: bool, gguf: bool,
+           gguf_type: str, dtype: str, refusal: str | None, emit: EventSink) -> list[Exported]:
+    from engine.export._card import model_card
+
+    notes = []
+    if info.from_checkpoint:
+        notes.append(f"the run did not finish: exported from {info.result.name}")
+    results: list[Exported] = []
+    if merge or gguf:
+        results += _write_merged(info, staging, target, merge=merge, gguf=gguf,
+                                 gguf_type=gguf_type, dtype=dtype, notes=notes, emit=emit)
+    else:
+        emit(Progress(stage="export", current=0, total=1, message="copying the adapter"))
+        files = _copy_adapter(info.result, staging)
+        if refusal:
+            notes.append(f"exported as an adapter, not merged: {refusal}")
+        results.append(Exported(path=str(target), kind="adapter", files=files, notes=notes))
+    kind = "adapter" if results[0].kind == "adapter" else "merged"
+    card = model_card(info, kind=kind, exports=[asdict(r) for r in results], notes=notes)
+    (staging / "README.md").write_text(card, encoding="utf-8")
+    return [_with_card(r) for r in results]
+
+
+def _with_card(event: Exported) -> Exported:
+    if event.kind == "gguf" or "README.md" in event.files:
+        return event
+    return Exported(**{**asdict(event), "files": sorted([*event.files, "README.md"])})
+
+
+def _copy_adapter(result: Path, staging: Path) -> list[str]:
+    files = []
+    for f in sorted(result.iterdir()):
+        if f.is_file() and f.name not in _TRAINING_STATE and not f.name.startswith("rng_state"):
+            shutil.copy2(f, staging / f.name)
+            files.append(f.name)
+    return files
+
+
+def _write_merged(info: RunInfo, staging: Path, target: Path, *, merge: bool, gguf: bool,
+                  gguf_type: str, dtype: str, notes: list[str],
+                  emit: EventSink) -> list[Exported]:
+    from engine.export._merge import generation_config, merge_run, save_merged
+    from engine.export._run import load_tokenizer, pick_device
+    from engine.export._stops import stop_token_ids
+
+    tokenizer = load_tokenizer(info)
+    device = pick_device(info)
+    merged = merge_run(info, tokenizer, device, emit)
+    notes.extend(merged.notes)
+    gen = generation_config(info, merged.model, tokenizer,
+                            stop_token_ids(tokenizer, merged.model.config.eos_token_id))
+    stops = [int(i) for i in ([gen.eos_token_id] if isinstance(gen.eos_token_id, int)
+                              else gen.eos_token_id)]
+    results = []
+    if merge:
+        emit(Progress(stage="export", current=0, total=1,
+                      message=f"writing the merged model ({dtype})"))
+        before = set(os.listdir(staging))
+        save_merged(merged.model, tokenizer, staging, dtype, gen)
+        files = sorted(set(os.listdir(staging)) - before)
+        results.append(Exported(path=str(target), kind="merged",
+                                max_logit_diff=merged.max_logit_diff, files=files,
+                                notes=[*notes, f"weights written as {dtype}; generation config "
+                                       f"stops at token ids {stops}"]))
+    if gguf:
+        results.append(_write_gguf(info, merged.model, tokenizer, staging, target, gguf_type,
+                                   stops, notes, emit))
+    return results
+
+
+def _write_gguf(info: RunInfo, model: Any, tokenizer: Any, staging: Path, target: Path,
+                gguf_type: str, stops: list[int], notes: list[str],
+                emit: EventSink) -> Exported:
+    from engine.export._gguf import check_supported, verify_gguf, write_gguf
+    from engine.export._merge import chat_inputs
+    from engine.export._ollama import modelfile
+    from engine.export._stops import end_of_turn_id, stop_strings
+
+    check_supported(model.config, tokenizer)
+    name = f"{info.job.name}-{gguf_type}.gguf"
+    # Written and checked in a folder of its own: the loader must see only the GGUF file.
+    gguf_dir = staging / ".gguf-check"
+    gguf_dir.mkdir()
+    path = gguf_dir / name
+    emit(Progress(stage="export", current=0, total=1, message=f"writing {name}"))
+    facts = write_gguf(model, tokenizer, path, gguf_type=gguf_type, name=info.job.name,
+                       stops=stops, end_of_turn=end_of_turn_id(tokenizer))
+    emit(Progress(stage="export", current=0, total=1,
+                  message="loading the GGUF file back to check it"))
+    check = verify_gguf(path, model, tokenizer, chat_inputs(tokenizer), gguf_type, DEMO_PROMPT,
+                        stops)
+    os.replace(path, staging / name)
+    gguf_dir.rmdir()
+    text, more = modelfile(tokenizer, name, stop_strings(tokenizer, stops),
+                           tokenizer.bos_token if facts.get("adds_bos") else None)
+    (staging / "Modelfile").write_text(text, encoding="utf-8")
+    same = "the same" if check["same_greedy_text"] else "a different"
+    gguf_notes = [f"GGUF {gguf_type} ({facts['architecture']}, tokenizer pre "
+                  f"{facts['tokenizer_pre']}): loaded back with transformers, next-token "
+                  f"agreement {check['argmax_agreement']:.1%}, largest logit difference "
+                  f"{check['max_logit_diff']:.2e} of {check['logit_scale']:.3g}, {same} greedy "
+                  f"answer as the merged model", *more]
+    return Exported(path=str(target / name), kind="gguf", max_logit_diff=check["max_logit_diff"],
+                    files=[name, "Modelfile"], notes=[*notes, *gguf_notes],
+                    details={**facts, **check})
+
+
+def _replace(staging: Path, target: Path) -> None:
+    """Put the finished export in place; an old one goes only after the new one is there."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)

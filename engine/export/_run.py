@@ -1,0 +1,161 @@
+"""Open a finished run folder and load what it trained: shared by export, evaluate and chat."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+from engine.events import EventSink
+
+# Why a method's result cannot be folded into the base weights (shown by export --merge).
+NOT_MERGEABLE = {
+    "adapter": "a bottleneck adapter adds new layers with a nonlinearity between them; they "
+               "cannot be folded into the existing weights",
+    "prefix": "prefix tuning learns key/value vectors put in front of every layer's attention; "
+              "there is no weight to fold them into",
+    "ptuning_v2": "P-tuning v2 learns prefix vectors for every layer's attention; there is no "
+                  "weight to fold them into",
+    "prompt": "prompt tuning learns virtual input tokens; there is no weight to fold them into",
+}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run folder and what is needed to rebuild its model."""
+
+    run_dir: Path
+    job: Any  # engine.config.JobConfig
+    spec: Any  # engine.methods.MethodSpec
+    result: Path  # adapter/ or model/ (or the last checkpoint when the run never finished)
+    from_checkpoint: bool
+
+    @property
+    def method(self) -> str:
+        return str(self.job.method.name)
+
+    @property
+    def is_full(self) -> bool:
+        return self.method == "full"
+
+    def base_folder(self, emit: EventSink | None = None) -> str:
+        from engine.models import load_model_dir
+
+        return load_model_dir(self.job.model.source, emit)
+
+    def merge_refusal(self) -> str | None:
+        """Why this run cannot be merged, or None when it can."""
+        if self.job.task != "sft":
+            return (f"task {self.job.task} runs cannot be merged or converted yet; export the "
+                    "adapter instead")
+        if not self.spec.mergeable:
+            return NOT_MERGEABLE.get(self.method, f"method {self.method} cannot be merged")
+        return None
+
+
+def open_run(run_dir: str | Path) -> RunInfo:
+    """Read ``run_dir/job.yaml`` and find the trained result; UserError when there is none."""
+    from engine.config import load_job
+    from engine.methods import METHODS
+
+    run = Path(run_dir)
+    if not (run / "job.yaml").is_file():
+        raise UserError(f"{run} is not a run folder (it has no job.yaml)",
+                        "pass a folder under runs/, e.g. runs/my-run-20250101-120000",
+                        code="bad_run")
+    job = load_job(run / "job.yaml")
+    spec = METHODS.get(job.method.name)
+    if spec is None:
+        raise UserError(f"run {run} used method {job.method.name!r}, which this build lacks",
+                        f"available: {', '.join(METHODS)}", code="bad_run")
+    result = run / spec.output_dir
+    if _has_weights(result):
+        return RunInfo(run, job, spec, result, False)
+    from engine.training import last_checkpoint
+
+    ckpt = last_checkpoint(run)
+    if ckpt is not None and _has_weights(ckpt):
+        return RunInfo(run, job, spec, ckpt, True)
+    raise UserError(f"run {run} has no trained result yet ({spec.output_dir}/ is missing and "
+                    "there is no complete checkpoint)",
+                    "wait for the run to finish, or resume it", code="bad_run")
+
+
+def _has_weights(folder: Path) -> bool:
+    return folder.is_dir() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")))
+
+
+def pick_device(info: RunInfo) -> str:
+    from engine.models import pick_device as _pick
+
+    device = _pick(info.job.training.device)
+    return "cpu" if device == "mps" and info.spec.quantized_base else device
+
+
+def load_tokenizer(info: RunInfo) -> Any:
+    """The tokenizer saved with the result (it carries the chat template training used)."""
+    from transformers import AutoTokenizer
+
+    from engine.data._tokenize import ensure_chat_template
+
+    folder = info.result if (info.result / "tokenizer_config.json").is_file() else Path(
+        info.base_folder())
+    tok = AutoTokenizer.from_pretrained(folder)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    ensure_chat_template(tok)
+    return tok
+
+
+@dataclass
+class LoadedPair:
+    """The tuned model, and a way to run the base model: the adapter switched off, or a
+    separately loaded model (full fine-tuning, or ``base_only``)."""
+
+    tuned: Any | None
+    base_model: Any | None
+    device: str
+
+    @contextlib.contextmanager
+    def base(self) -> Iterator[Any]:
+        if self.base_model is not None:
+            yield self.base_model
+            return
+        assert self.tuned is not None
+        with self.tuned.disable_adapter():
+            yield self.tuned
+
+    @contextlib.contextmanager
+    def use(self, which: str) -> Iterator[Any]:
+        if which == "base":
+            with self.base() as model:
+                yield model
+        else:
+            if self.tuned is None:
+                raise UserError("the tuned model is not loaded (--base-only)", code="bad_request")
+            yield self.tuned
+
+
+def load_pair(info: RunInfo, *, emit: EventSink | None = None, base_only: bool = False,
+              device: str | None = None) -> LoadedPair:
+    """Load the base as training did (4-bit for QLoRA) and attach the trained result."""
+    from engine.training import load_base, resolve_precision
+
+    device = device or pick_device(info)
+    precision = resolve_precision(info.job.training.precision, device)
+    folder = info.base_folder(emit)
+    base = load_base(info.job, folder, device, precision, info.spec.quantized_base)
+    base.eval()
+    if base_only:
+        return LoadedPair(None, base, device)
+    if info.is_full:
+        tuned = info.spec.load_trained(base, info.result).to(device).eval()
+        return LoadedPair(tuned, base, device)
+    tuned = info.spec.load_trained(base, info.result).eval()
+    if not hasattr(tuned, "disable_adapter"):  # a method that is not a peft model
+        other = load_base(info.job, folder, device, precision, info.spec.quantized_base).eval()
+        return LoadedPair(tuned, other, device)
+    return LoadedPair(tuned, None, device)

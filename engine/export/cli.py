@@ -1,0 +1,70 @@
+"""``python -m engine export RUN_DIR --out DIR [--merge] [--gguf] [--overwrite]``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from engine import events as ev
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="the run folder (runs/<name>-<timestamp>)")
+    parser.add_argument("--out", required=True, help="folder to write (new or empty)")
+    parser.add_argument("--merge", action="store_true",
+                        help="fold the adapter into the base: a standalone 16-bit model")
+    parser.add_argument("--gguf", action="store_true",
+                        help="also write a GGUF file and an Ollama Modelfile (llama family)")
+    parser.add_argument("--gguf-type", default="f16", choices=("f16", "q8_0"),
+                        help="GGUF weight type (default f16)")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                        help="weight type of the merged model (default bfloat16)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out when it is not empty")
+    parser.add_argument("--events-stdout", action="store_true",
+                        help="write events as JSON lines on stdout (for the GUI and scripts)")
+
+
+def _print_event(event: Any) -> None:
+    if isinstance(event, ev.Progress):
+        print(f"… {event.message}", file=sys.stderr, flush=True)
+
+
+def _json_line(event: Any) -> None:
+    sys.__stdout__.write(json.dumps(dataclasses.asdict(event), ensure_ascii=False) + "\n")
+    sys.__stdout__.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.cli import quiet_libraries
+
+    quiet_libraries()
+    if args.events_stdout:
+        sys.stdout = sys.stderr  # stdout carries only event lines
+    emit = _json_line if args.events_stdout else _print_event
+    from engine.errors import UserError
+    from engine.export import ExportCheckFailed, export_run
+
+    try:
+        results = export_run(args.run_dir, args.out, merge=args.merge, gguf=args.gguf,
+                             gguf_type=args.gguf_type, dtype=args.dtype,
+                             overwrite=args.overwrite, emit=emit)
+    except UserError as exc:
+        if args.events_stdout:
+            _json_line(ev.Error(code=exc.code, message=exc.message, advice=exc.advice))
+        raise
+    except ExportCheckFailed as exc:
+        if args.events_stdout:
+            _json_line(ev.Error(code="export_check_failed", message=str(exc)))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not args.events_stdout:
+        for r in results:
+            diff = "" if r.max_logit_diff is None else f" (max logit diff {r.max_logit_diff:.2e})"
+            print(f"{r.kind}: {r.path}{diff}")
+            for note in r.notes:
+                print(f"  - {note}")
+    return 0
