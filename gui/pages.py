@@ -49,12 +49,7 @@ PAGES: list[PageSpec] = [
     PageSpec("method", "Method", "Choose how to fine-tune", "gui.qt_method_page:QtMethodPage"),
     PageSpec("hyperparameters", "Hyperparameters", "Tune the training run",
              "gui.qt_hyperparams_page:QtHyperparamsPage"),
-    PageSpec("train", "Train", "Run and watch the training", _PLACEHOLDER, placeholder={
-        "verb": "train",
-        "what": "Start, stop and resume training. Live loss and learning-rate curves, GPU "
-                "memory and utilisation gauges, tokens per second, sample answers at each "
-                "evaluation, and warnings with advice when a run goes wrong.",
-        "cli": "Until then, run the job from a terminal:"}),
+    PageSpec("train", "Train", "Run and watch the training", "gui.qt_train_page:QtTrainPage"),
     PageSpec("evaluate", "Evaluate", "Measure and chat", _PLACEHOLDER, placeholder={
         "verb": "train",
         "what": "Evaluation loss and metrics on the held-out split, before/after comparisons "
@@ -67,12 +62,7 @@ PAGES: list[PageSpec] = [
                 "llama.cpp / Ollama, from any finished run.",
         "cli": "Until then, export a finished run from a terminal:",
         "command": "python -m engine export RUN_DIR --out exported --merge"}),
-    PageSpec("runs", "Runs", "Past and running jobs", _PLACEHOLDER, step=False, placeholder={
-        "verb": "train",
-        "what": "Every run in the runs folder with its status, loss curve and settings; "
-                "re-attach to a run that is still going, resume a stopped one, or compare two.",
-        "cli": "Each run is a folder under output.runs_dir; resume one with:",
-        "suffix": "--run-dir RUN_DIR --resume"}),
+    PageSpec("runs", "Runs", "Past and running jobs", "gui.qt_runs_page:QtRunsPage", step=False),
 ]
 
 

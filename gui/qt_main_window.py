@@ -261,6 +261,13 @@ class QtMainWindow(QMainWindow):
             self.busy_bar.show()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        # Hook (issue 6): a page may veto or prepare the close, e.g. the Train page asks
+        # whether a running training keeps going in the background.
+        for page in self.pages.values():
+            can_close = getattr(page, "can_close", None)
+            if can_close is not None and not can_close():
+                event.ignore()
+                return
         self.ctx.settings.set_geometry(self.saveGeometry())
         self.ctx.settings.sync()
         event.accept()

@@ -1,0 +1,443 @@
+"""The Train page: start/stop/resume the job, live curves, gauges, samples, log, diagnostics.
+
+Everything shown comes from the :class:`~gui.run_controller.RunController`'s events: the
+views here never touch the child process or the reader thread.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QCoreApplication, Qt, QTimer
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine import events as ev
+from engine.config import load_job
+from engine.diagnostics import ADVICE, describe_settings, keep_best_checkpoint, oom_retry_settings
+from engine.errors import ConfigError, UserError
+from gui.qt_banners import QtBannerArea
+from gui.qt_gauges import QtGauges, TelemetrySampler
+from gui.qt_plots import QtTrainingPlots
+from gui.qt_widgets import card, page_layout
+from gui.run_controller import RunController, shared_controller
+from gui.run_folders import scan_runs
+
+if TYPE_CHECKING:
+    from gui.pages import AppContext
+
+LOG_LINES = 3000
+KEEP, STOP, CANCEL = "keep", "stop", "cancel"
+
+
+class _LogStream:
+    """A text stream for ``engine.train_cli.ProgressBar``: the GUI logs what the CLI prints."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.lines.extend(line for line in text.splitlines() if line.strip())
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+class QtSamples(QTextBrowser):
+    """The sample answers at each evaluation, newest first."""
+
+    def __init__(self, controller: RunController, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.samples: list[ev.Sample] = []
+        self.setOpenLinks(False)
+        self._timer = QTimer(self, singleShot=True, interval=200)
+        self._timer.timeout.connect(self._on_render)
+        controller.reset.connect(self._on_reset)
+        controller.events.connect(self._on_events)
+        self._on_reset()
+
+    def _on_reset(self, _run_dir: str = "") -> None:
+        self.samples = []
+        self._on_render()
+
+    def _on_events(self, batch: list[ev.Event]) -> None:
+        new = [e for e in batch if isinstance(e, ev.Sample)]
+        if new:
+            self.samples.extend(new)
+            self._timer.start()
+
+    def _on_render(self) -> None:
+        if not self.samples:
+            self.setHtml("<p style='color:gray'>Sample answers appear here at each evaluation "
+                         "(set training.sample_prompts and training.eval_steps).</p>")
+            return
+        parts = []
+        for s in reversed(self.samples[-24:]):
+            parts.append(f"<p><b>step {s.step}</b> · <i>{html.escape(s.prompt)}</i><br>"
+                         f"{html.escape(s.text) or '<span style=color:gray>(empty)</span>'}</p>")
+        self.setHtml("".join(parts))
+
+
+class QtTrainPage(QWidget):
+    """Built from the app context; shares its controller with the Runs page."""
+
+    def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.ctx, self.job = ctx, ctx.job
+        self.controller = shared_controller(ctx.job)
+        self.sampler = TelemetrySampler(parent=self)
+        self._after_finish: list[Any] = []
+        self._last_step: ev.Step | None = None
+        self._device = ""
+        self._build()
+        self.controller.reset.connect(self._on_reset)
+        self.controller.events.connect(self._on_events)
+        self.controller.log.connect(self._on_log)
+        self.controller.state_changed.connect(self._on_state_changed)
+        self.controller.finished.connect(self._on_finished)
+        app = QCoreApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.sampler.stop)
+        self.sampler.start()
+        if self.controller.run_dir is not None:
+            self._on_reset(str(self.controller.run_dir))
+            self._on_events(self.controller.history)
+        self._on_state_changed(self.controller.state)
+        self._look_for_background_runs()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        layout = page_layout(self)
+        top = QHBoxLayout()
+        title = QLabel("Train")
+        title.setObjectName("pageTitle")
+        title.setStyleSheet("font-size: 18pt; font-weight: 600;")
+        self.run_label = QLabel("No run yet — press Start to train the job.")
+        self.run_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.start_button = QPushButton("▶ Start")
+        self.stop_button = QPushButton("■ Stop")
+        self.resume_button = QPushButton("⟳ Resume")
+        self.start_button.setToolTip("Train the job in a new run folder")
+        self.stop_button.setToolTip("Finish this step, save a checkpoint and stop "
+                                    "(press again to stop at once)")
+        self.resume_button.setToolTip("Continue this run from its last checkpoint")
+        self.start_button.clicked.connect(self._on_start)
+        self.stop_button.clicked.connect(self._on_stop)
+        self.resume_button.clicked.connect(self._on_resume)
+        top.addWidget(title)
+        top.addSpacing(12)
+        top.addWidget(self.run_label, 1)
+        for button in (self.start_button, self.stop_button, self.resume_button):
+            top.addWidget(button)
+        layout.addLayout(top)
+        progress = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("idle")
+        self.eta_label = QLabel("")
+        self.eta_label.setMinimumWidth(260)
+        self.eta_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        progress.addWidget(self.progress, 1)
+        progress.addWidget(self.eta_label)
+        layout.addLayout(progress)
+        self.banners = QtBannerArea()
+        layout.addWidget(self.banners)
+        self.plots = QtTrainingPlots(self.controller)
+        self.samples = QtSamples(self.controller)
+        self.gauges = QtGauges(self.sampler, self.controller)
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(0, 0, 0, 0)
+        samples_card, inner = card("Sample answers")
+        inner.addWidget(self.samples)
+        gauges_card, inner2 = card("Resources")
+        inner2.addWidget(self.gauges)
+        side_layout.addWidget(samples_card, 3)
+        side_layout.addWidget(gauges_card, 2)
+        self.log_view = QPlainTextEdit(readOnly=True)
+        self.log_view.setMaximumBlockCount(LOG_LINES)
+        self.log_view.setStyleSheet("font-family: monospace; font-size: 9pt;")
+        self.log_view.setPlaceholderText("The engine's log appears here.")
+        across = QSplitter(Qt.Orientation.Horizontal)
+        across.addWidget(self.plots)
+        across.addWidget(side)
+        across.setStretchFactor(0, 3)
+        across.setStretchFactor(1, 1)
+        across.setSizes([740, 300])
+        down = QSplitter(Qt.Orientation.Vertical)
+        down.addWidget(across)
+        down.addWidget(self.log_view)
+        down.setStretchFactor(0, 4)
+        down.setStretchFactor(1, 1)
+        down.setSizes([480, 90])
+        layout.addWidget(down, 1)
+
+    # ------------------------------------------------------------------ actions
+    def _on_start(self) -> None:
+        job = self.job.job
+        if not job.dataset.path:
+            self.banners.show_banner("no_dataset", "error", "No dataset",
+                                     "Choose a dataset on the Data page first.")
+            return
+        self.banners.remove("no_dataset")
+        try:
+            self.controller.start(job)
+        except (OSError, RuntimeError) as exc:
+            self.banners.show_banner("start_failed", "error", "Cannot start", str(exc))
+
+    def _on_stop(self) -> None:
+        if self.controller.state == "stopping":
+            self.controller.kill()  # a second press: stop now
+        else:
+            self.controller.stop()
+
+    def _on_resume(self) -> None:
+        if self.controller.run_dir is not None:
+            self.controller.resume(self.controller.run_dir)
+
+    def start_job(self) -> Path | None:
+        """Start the window's job (the Start button)."""
+        self._on_start()
+        return self.controller.run_dir if self.controller.is_active() else None
+
+    # ------------------------------------------------------------------ events
+    def _on_reset(self, run_dir: str) -> None:
+        self.banners.clear()
+        self._after_finish = []
+        self._last_step = None
+        self.run_label.setText(f"Run: {Path(run_dir).name}")
+        self.run_label.setToolTip(run_dir)
+        self.progress.setRange(0, 0)
+        self.progress.setFormat("starting…")
+        self.eta_label.setText("")
+        self.log_view.clear()
+
+    def _on_events(self, batch: list[ev.Event]) -> None:
+        stream = _LogStream()
+        from engine.train_cli import ProgressBar
+
+        bar = ProgressBar(stream)  # type: ignore[arg-type]
+        for event in batch:
+            if isinstance(event, ev.Step):
+                self._last_step = event
+            elif isinstance(event, ev.RunStarted):
+                self._device = event.device
+                self.progress.setRange(0, max(event.max_steps, 1))
+            elif isinstance(event, ev.Progress):
+                self.progress.setFormat(event.message)
+            elif isinstance(event, ev.Warning | ev.Error):
+                self._show_diagnostic(event)
+            if not isinstance(event, ev.Step) or _log_step(event):
+                bar(event)
+        if self._last_step is not None:
+            self._show_progress(self._last_step)
+        if stream.lines:
+            self.log_view.appendPlainText("\n".join(stream.lines))
+
+    def _on_log(self, lines: list[str]) -> None:
+        self.log_view.appendPlainText("\n".join(lines))
+
+    def _show_progress(self, s: ev.Step) -> None:
+        total = max(s.max_steps, 1)
+        self.progress.setRange(0, total)
+        self.progress.setValue(min(s.step, total))
+        self.progress.setFormat(f"step {s.step} / {total}  ·  loss {s.loss:.4f}")
+        eta = "?" if s.eta_s is None else _duration(s.eta_s)
+        self.eta_label.setText(f"{s.tokens_per_s:,.0f} tok/s  ·  elapsed "
+                               f"{_duration(s.elapsed_s)}  ·  ETA {eta}")
+
+    def _on_state_changed(self, state: str) -> None:
+        active = self.controller.is_active()
+        self.start_button.setEnabled(not active)
+        self.stop_button.setEnabled(active)
+        self.stop_button.setText("■ Stop now" if state == "stopping" else "■ Stop")
+        self.resume_button.setEnabled(not active and self._can_resume())
+        if state == "stopping":
+            self.progress.setFormat(self.progress.format() + "  ·  stopping after this step…")
+
+    def _on_finished(self, status: str) -> None:
+        self.progress.setRange(0, max(self.progress.maximum(), 1))
+        text = {"completed": "completed", "stopped": "stopped (resume continues it)",
+                "failed": "failed", "interrupted": "interrupted (resume continues it)"}
+        self.progress.setFormat(f"{self.progress.format().split('  ·  ')[0]}  ·  "
+                                f"{text.get(status, status)}")
+        if status == "completed":
+            self.progress.setValue(self.progress.maximum())
+        self.resume_button.setEnabled(self._can_resume())
+        actions, self._after_finish = self._after_finish, []
+        for action in actions:
+            action()
+
+    def _can_resume(self) -> bool:
+        run_dir = self.controller.run_dir
+        if run_dir is None:
+            return False
+        done = any(isinstance(e, ev.RunFinished) and e.status == "completed"
+                   for e in self.controller.history[-3:])
+        return not done and any((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+
+    # ------------------------------------------------------------------ diagnostics
+    def _show_diagnostic(self, event: ev.Warning | ev.Error) -> None:
+        if isinstance(event, ev.Error):
+            self._show_error(event)
+            return
+        if event.code == "divergence":
+            banner = self.banners.show_banner(
+                "divergence", "warning", "The loss is diverging",
+                f"{event.message}. {ADVICE['divergence']}")
+            banner.add_action("Stop the run", self._on_stop)
+            banner.add_action("Lower learning rate 10× and restart", self._on_lower_lr_restart)
+        elif event.code == "overfitting":
+            banner = self.banners.show_banner(
+                "overfitting", "warning", "The model is overfitting",
+                f"{event.message}. {ADVICE['overfitting']}")
+            banner.add_action("Stop and keep the best checkpoint", self._on_keep_best)
+        else:
+            self.banners.show_banner(event.code or "warning", "warning", "Warning",
+                                     event.message)
+
+    def _show_error(self, event: ev.Error) -> None:
+        if event.code == "non_finite_loss":
+            banner = self.banners.show_banner(
+                "non_finite_loss", "error", "The loss became NaN — the run stopped",
+                f"{event.message}. {ADVICE['non_finite_loss']}")
+            banner.add_action("Lower learning rate 10× and restart", self._on_lower_lr_restart)
+        elif event.code == "cuda_oom":
+            settings = oom_retry_settings(self._run_job(), cuda=self._device.startswith("cuda"))
+            lines = ", ".join(describe_settings(settings))
+            banner = self.banners.show_banner(
+                "cuda_oom", "error", "Out of GPU memory",
+                f"{ADVICE['cuda_oom']} Suggested: {lines}.")
+            banner.add_action("Retry with these", self._on_retry_oom)
+        else:
+            advice = f" → {event.advice}" if event.advice else ""
+            self.banners.show_banner(event.code or "error", "error", "The run failed",
+                                     f"{event.message}{advice}")
+
+    def _run_job(self) -> dict[str, Any]:
+        started = next((e for e in reversed(self.controller.history)
+                        if isinstance(e, ev.RunStarted)), None)
+        if started is not None and started.job:
+            return started.job
+        return self.job.job.to_dict()
+
+    def _load_run_job(self) -> bool:
+        """Put the shown run's job into the window's job model (retries change that job)."""
+        run_dir = self.controller.run_dir
+        if run_dir is None or not (run_dir / "job.yaml").is_file():
+            return True
+        try:
+            self.job.replace(load_job(run_dir / "job.yaml"))
+        except (UserError, ConfigError, OSError) as exc:
+            self.banners.show_banner("retry_failed", "error", "Cannot retry", str(exc))
+            return False
+        return True
+
+    def _restart_with(self, partial: dict[str, Any]) -> None:
+        if self.controller.is_active():
+            self._after_finish.append(lambda: self._restart_with(partial))
+            self.controller.stop()
+            return
+        if self._load_run_job():
+            self.job.update(partial)
+            self._on_start()
+
+    def _on_lower_lr_restart(self) -> None:
+        lr = float(self._run_job().get("training", {}).get("learning_rate", 2e-4))
+        self._restart_with({"training": {"learning_rate": lr / 10}})
+
+    def _on_retry_oom(self) -> None:
+        self._restart_with(oom_retry_settings(self._run_job(),
+                                              cuda=self._device.startswith("cuda")))
+
+    def _on_keep_best(self) -> None:
+        if self.controller.is_active():
+            self._after_finish.append(self._on_keep_best)
+            self.controller.stop()
+            return
+        run_dir = self.controller.run_dir
+        best = keep_best_checkpoint(run_dir) if run_dir is not None else None
+        message = (f"kept {best.name} (lowest eval loss) as the run's result"
+                   if best else "no checkpoint was saved at or before the best evaluation")
+        self.banners.remove("overfitting")
+        self.log_view.appendPlainText(f"best checkpoint: {message}")
+        self.banners.show_banner("best_kept", "info", "Best checkpoint", message.capitalize())
+
+    # ------------------------------------------------------------------ background runs
+    def _look_for_background_runs(self) -> None:
+        runs_dir = self.job.job.output.runs_dir
+        self.ctx.tasks.submit("train_background_runs", "Looking for running trainings",
+                              lambda: [r for r in scan_runs(runs_dir) if r.running],
+                              self._on_background_runs)
+
+    def _on_background_runs(self, running: list[Any]) -> None:
+        if not running or self.controller.is_active():
+            return
+        run = running[0]
+        banner = self.banners.show_banner(
+            "background_run", "info", "A run is training in the background",
+            f"{run.name}: step {run.step} of {run.max_steps}. Watch it to follow its curves.")
+        banner.add_action("Watch", lambda: self.attach(run.run_dir))
+
+    def attach(self, run_dir: str | Path) -> None:
+        """Follow a run (running or not): replay its events, then tail them."""
+        if self.controller.is_active():
+            return
+        self.controller.attach(run_dir)
+
+    # ------------------------------------------------------------------ closing
+    def can_close(self) -> bool:
+        """Asked by the window before it closes: keep a running training, stop it, or cancel."""
+        if not self.controller.is_active() or self.controller.state == "stopping":
+            return True
+        choice = self.ask_keep_running()
+        if choice == CANCEL:
+            return False
+        if choice == KEEP:
+            self.controller.detach()
+        else:
+            self.controller.stop()
+        return True
+
+    def ask_keep_running(self) -> str:
+        box = QMessageBox(QMessageBox.Icon.Question, "A run is training",
+                          "The run keeps training in the background if you like; reopen "
+                          "Tunesmith to watch it again (Runs page).", parent=self)
+        keep = box.addButton("Keep training in background", QMessageBox.ButtonRole.AcceptRole)
+        stop = box.addButton("Stop training", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        clicked = box.clickedButton()
+        return KEEP if clicked is keep else STOP if clicked is stop else CANCEL
+
+    def shutdown(self) -> None:
+        """Stop the telemetry thread (tests and app quit)."""
+        self.sampler.stop()
+
+
+def _log_step(s: ev.Step) -> bool:
+    """Log every step of a short run, every 10th of a long one."""
+    return s.max_steps <= 200 or s.step % 10 == 0 or not math.isfinite(s.loss)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
