@@ -272,8 +272,12 @@ def method_param_counts(model_source: str, method: str, **method_kwargs: Any) ->
     return {"trainable": counts.trainable, "total": counts.total, "share": counts.share}
 
 
-def predict_job_peak(job: Any, device: str, *, corrected: bool = True) -> Estimate:
-    """The prediction for a job file's settings on ``device`` (used by the run's self-check)."""
+def predict_job_peak(job: Any, device: str, *, corrected: bool = True,
+                     batch_size: int | None = None, seq_len: int | None = None) -> Estimate:
+    """The prediction for a job file's settings on ``device`` (used by the run's self-check).
+
+    ``batch_size`` and ``seq_len`` override the job's (the batch shape actually seen).
+    """
     m, t = job.method, job.training
     model = resolve_model(job.model.source)
     dtype = 4 if device != "cuda" or t.precision == "fp32" else 2
@@ -284,7 +288,8 @@ def predict_job_peak(job: Any, device: str, *, corrected: bool = True) -> Estima
                          num_virtual_tokens=m.num_virtual_tokens,
                          prefix_projection=m.prefix_projection)
     p = Predictor(model, target, opts)
-    s = replace(p.setup(m.name, batch_size=t.batch_size, seq_len=job.dataset.max_length,
+    s = replace(p.setup(m.name, batch_size=batch_size or t.batch_size,
+                        seq_len=seq_len or job.dataset.max_length,
                         gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer,
                         attn_implementation=job.model.attn_implementation),
                 double_quant=m.double_quant, full_master_fp32=t.precision == "fp16")
