@@ -85,11 +85,13 @@ def resolve_precision(requested: str, device: str) -> Precision:
 
 
 def load_base(job: JobConfig, folder: str, device: str, precision: Precision,
-              quantized: bool) -> Any:
+              quantized: bool, extra: dict[str, Any] | None = None) -> Any:
+    """The base model for the job's task; ``extra`` goes to from_pretrained (e.g. labels)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    kwargs: dict[str, Any] = {"dtype": precision.dtype,
+    auto = AutoModelForSequenceClassification if job.task == "classify" else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {**(extra or {}), "dtype": precision.dtype,
                               "trust_remote_code": job.model.trust_remote_code,
                               "attn_implementation": job.model.attn_implementation}
     if job.method.name == "full" and precision.bf16:
@@ -105,10 +107,12 @@ def load_base(job: JobConfig, folder: str, device: str, precision: Precision,
             bnb_4bit_use_double_quant=job.method.double_quant, bnb_4bit_compute_dtype=compute)
         kwargs["device_map"] = {"": device if device != "cuda" else 0}
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        model = auto.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:
+        need = ("a model with a sequence-classification head (BERT, Llama...)"
+                if job.task == "classify" else "a causal language model")
         raise UserError(f"cannot load model {job.model.source!r}: {str(exc).splitlines()[0]}",
-                        "check model.source; a causal language model is needed for task sft",
+                        f"check model.source; task {job.task} needs {need}",
                         code="bad_model") from None
     if not quantized:
         model.to(device)
@@ -284,17 +288,23 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
     config = load_config(folder)
     tokenizer = load_tokenizer(folder)
     emit(ev.Progress(stage="tokenize", current=0, total=1, message="reading the dataset"))
-    data = prepare_sft(job, tokenizer, model_type=config.model_type,
-                       cache=cache_dir() / "datasets",
-                       progress=lambda i, n: emit(ev.Progress(
-                           stage="tokenize", current=i, total=n, message="tokenizing")))
+    progress = lambda i, n: emit(ev.Progress(  # noqa: E731
+        stage="tokenize", current=i, total=n, message="tokenizing"))
+    task = _task_setup(job, spec, tokenizer)
+    if task is not None:
+        data = task.data
+    else:
+        data = prepare_sft(job, tokenizer, model_type=config.model_type,
+                           cache=cache_dir() / "datasets", progress=progress,
+                           allow_packing=spec.packs)
     emit(ev.DataReady(format=data.format, detected=data.detected, train_rows=data.train_rows,
                       eval_rows=data.eval_rows, sequences=len(data.train), packed=data.packed,
                       truncated=data.truncated, dropped=data.dropped,
                       trained_tokens=data.trained_tokens, max_length=job.dataset.max_length))
 
     emit(ev.Progress(stage="load_model", current=0, total=1, message="loading the model"))
-    model = load_base(job, folder, device, precision, spec.quantized_base)
+    model = load_base(job, folder, device, precision, spec.quantized_base,
+                      task.model_kwargs if task else None)
     model.config.use_cache = False
     if job.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -304,13 +314,14 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
     has_eval = bool(data.eval)
     args = training_arguments(job, run_dir, device, precision, has_eval)
     callback = EventCallback(emit, should_stop, tokenizer=tokenizer,
-                             sample_prompts=job.training.sample_prompts,
+                             sample_prompts=[] if task else job.training.sample_prompts,
                              sample_max_new_tokens=job.training.sample_max_new_tokens,
                              device=device)
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=ListDataset(data.train),
         eval_dataset=ListDataset(data.eval) if has_eval else None,
-        data_collator=Collator(tokenizer.pad_token_id), callbacks=[callback])
+        data_collator=task.collator if task else Collator(tokenizer.pad_token_id),
+        compute_metrics=task.compute_metrics if task else None, callbacks=[callback])
     trainer.on_checkpoint = lambda path, step: emit(ev.Checkpoint(step=step, path=str(path)))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -338,8 +349,24 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
                                               or step % job.training.eval_steps):
         trainer.evaluate()
     status = "stopped" if callback.stopped else "completed"
-    out = _save_result(spec, trainer.model, tokenizer, run_dir, emit)
+    out = _save_result(spec, trainer.model, tokenizer, run_dir, emit,
+                       task.write_extras if task else None)
     return RunResult(status, run_dir, out, step, callback.last_loss)
+
+
+def _task_setup(job: JobConfig, spec: Any, tokenizer: Any) -> Any:
+    """Data, collator and metrics of a non-sft task (None for sft, set up inline above)."""
+    if job.task == "classify":
+        from engine.classify import setup_classify
+
+        return setup_classify(job, tokenizer)
+    if job.dataset.packing == "on" and not spec.packs:
+        from engine.errors import ConfigError
+
+        raise ConfigError("dataset.packing", f"on is not exact with method {spec.name}: its "
+                          "virtual tokens are not separated per packed sample",
+                          "set dataset.packing: auto or off")
+    return None
 
 
 def _planned_steps(trainer: Any, data: Any) -> int:
@@ -362,7 +389,7 @@ def _add_memory_check(trainer: Any, job: JobConfig, emit: ev.EventSink) -> None:
 
 
 def _save_result(spec: Any, model: Any, tokenizer: Any, run_dir: Path,
-                 emit: ev.EventSink) -> Path:
+                 emit: ev.EventSink, extras: Callable[[Path], None] | None = None) -> Path:
     """Write the adapter (or model) aside, then rename it into place."""
     target = run_dir / spec.output_dir
     partial = run_dir / f".{spec.output_dir}.partial"
@@ -370,6 +397,8 @@ def _save_result(spec: Any, model: Any, tokenizer: Any, run_dir: Path,
     emit(ev.Progress(stage="save", current=0, total=1, message=f"saving {target.name}/"))
     spec.save(model, partial)
     tokenizer.save_pretrained(partial)
+    if extras is not None:  # e.g. a classifier's label names
+        extras(partial)
     if target.exists():
         shutil.rmtree(target)
     os.replace(partial, target)

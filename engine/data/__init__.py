@@ -113,10 +113,14 @@ def _cache_key(job: Any, tokenizer: Any, packed: bool) -> str:
 
 
 def prepare_sft(job: Any, tokenizer: Any, *, model_type: str = "", cache: Path | None = None,
-                progress: Any = None) -> PreparedData:
-    """Tokenized train/eval sequences for a causal-LM job, cached by content."""
+                progress: Any = None, allow_packing: bool = True) -> PreparedData:
+    """Tokenized train/eval sequences for a causal-LM job, cached by content.
+
+    ``allow_packing=False`` (methods that prepend virtual tokens) keeps one sample a sequence.
+    """
     ds = job.dataset
-    packed = ds.packing == "on" or (ds.packing == "auto" and model_type in PACKING_EXACT)
+    packed = allow_packing and (
+        ds.packing == "on" or (ds.packing == "auto" and model_type in PACKING_EXACT))
     ensure_chat_template(tokenizer)
     samples, fmt, detected = load_samples(
         ds.path, ds.format, split=ds.split, text_column=ds.text_column,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.methods import _full, _lora
+from engine.methods import _adapter, _full, _ia3, _lora, _prompt
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class MethodSpec:
     apply: Callable[[Any, Any, str], Any]  # (model, MethodConfig, task) -> model
     save: Callable[[Any, Path], None]
     load_trained: Callable[[Any, Path], Any]  # (base model, result folder) -> model
+    # Packed batches are exact only for methods that act token by token; prompt-learning
+    # methods prepend virtual tokens that restarting position ids know nothing of.
+    packs: bool = True
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -46,6 +49,30 @@ METHODS: dict[str, MethodSpec] = {
         "dora", "DoRA", "LoRA that also learns each weight's magnitude: closer to full "
         "fine-tuning at low rank, a little slower.", True, True, False, 2e-4, "adapter",
         _lora.apply_dora, _lora.save, _lora.load_trained),
+    "adapter": MethodSpec(
+        "adapter", "Adapters (bottleneck)", "Small down/up-projection blocks after every "
+        "attention and feed-forward block (~3% trained). Modular, one per task; cannot be "
+        "merged into the base.", False, True, False, 1e-3, "adapter", _adapter.apply,
+        _adapter.save, _adapter.load_trained),
+    "prefix": MethodSpec(
+        "prefix", "Prefix tuning", "Trained key/value vectors in front of every layer's "
+        "attention (~0.1%). For very tight memory; weaker than LoRA. Not mergeable.", False,
+        True, False, 1e-2, "adapter", _prompt.apply_prefix, _prompt.save,
+        _prompt.load_trained, packs=False),
+    "ptuning_v2": MethodSpec(
+        "ptuning_v2", "P-tuning v2", "Deep prompt tuning: prefix tuning at every layer "
+        "without reparameterisation (~0.1-0.2%). Suits prompt-style and classification tasks. "
+        "Not mergeable.", False, True, False, 1e-2, "adapter", _prompt.apply_ptuning_v2,
+        _prompt.save, _prompt.load_trained, packs=False),
+    "prompt": MethodSpec(
+        "prompt", "Prompt tuning", "Trained embeddings of a few virtual tokens at the input "
+        "only (<0.01%). The smallest method; needs big models to do well. Not mergeable.",
+        False, True, False, 3e-2, "adapter", _prompt.apply_prompt, _prompt.save,
+        _prompt.load_trained, packs=False),
+    "ia3": MethodSpec(
+        "ia3", "IA³", "Learned vectors that rescale keys, values and feed-forward "
+        "activations (~0.01%). Tiny, mergeable.", True, True, False, 3e-3, "adapter",
+        _ia3.apply, _ia3.save, _ia3.load_trained),
 }
 
 
