@@ -273,8 +273,14 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
     from engine._callback import EventCallback
     from engine.data import prepare_sft
     from engine.methods import count_parameters, get_method, is_4bit
-    from engine.models import cache_dir, load_config, load_model_dir, load_tokenizer
-    from engine.models import model_facts, pick_device
+    from engine.models import (
+        cache_dir,
+        load_config,
+        load_model_dir,
+        load_tokenizer,
+        model_facts,
+        pick_device,
+    )
 
     spec = get_method(job.method.name)
     device = pick_device(job.training.device)
@@ -376,7 +382,7 @@ def _planned_steps(trainer: Any, data: Any) -> int:
     per_epoch = math.ceil(len(data.train) / (args.per_device_train_batch_size
                                              * args.gradient_accumulation_steps
                                              * max(1, args.world_size)))
-    return int(math.ceil(per_epoch * args.num_train_epochs))
+    return math.ceil(per_epoch * args.num_train_epochs)
 
 
 def _add_memory_check(trainer: Any, job: JobConfig, emit: ev.EventSink) -> None:

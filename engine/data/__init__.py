@@ -186,7 +186,7 @@ class DatasetReport:
                 "truncated": self.truncated, "dropped": self.dropped, "labels": self.labels}
 
 
-def inspect_dataset(path: str, *, format: str = "auto", model_source: str | None = None,  # noqa: A002
+def inspect_dataset(path: str, *, format: str = "auto", model_source: str | None = None,
                     max_length: int = 512, overflow: str = "truncate", text_column: str = "",
                     label_column: str = "", task: str = "sft", preview_rows: int = 5,
                     system_prompt: str = "", split: str = "train") -> DatasetReport:

@@ -53,10 +53,7 @@ def _read_json(path: Path) -> tuple[list[Row], list[str]]:
                     f"{exc.colno})"]
     if isinstance(value, dict):
         lists = [v for v in value.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            value = lists[0]
-        else:
-            value = [value]
+        value = lists[0] if len(lists) == 1 else [value]
     if not isinstance(value, list):
         return [], [f"{path.name}: expected a list of JSON objects"]
     rows, problems = [], []
@@ -81,7 +78,7 @@ def _read_csv(path: Path) -> tuple[list[Row], list[str]]:
                 problems.append(f"{path.name} line {line}: more values than header columns "
                                 "(quote fields that contain commas)")
                 continue
-            rows.append(Row(f"{path.name} line {line}", {k: v for k, v in record.items()}))
+            rows.append(Row(f"{path.name} line {line}", dict(record.items())))
     return rows, problems
 
 

@@ -1,0 +1,71 @@
+"""The job file: defaults, validation naming the key, round trip through YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.config import dump_job, field_help, job_from_dict, load_job, save_job
+from engine.errors import ConfigError, UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_fill_every_section() -> None:
+    job = job_from_dict({"dataset": {"path": "x.jsonl"}})
+    assert job.model.source == "smollm2-135m-instruct"
+    assert job.method.name == "lora"
+    assert job.training.max_steps == -1
+
+
+def test_yaml_round_trip(tmp_path: Path) -> None:
+    job = job_from_dict({"name": "rt", "method": {"name": "qlora", "r": 8},
+                         "training": {"learning_rate": "2e-4", "sample_prompts": "hi"}})
+    save_job(job, tmp_path / "job.yaml")
+    again = load_job(tmp_path / "job.yaml")
+    assert again == job
+    assert again.training.learning_rate == pytest.approx(2e-4)
+    assert again.training.sample_prompts == ["hi"]
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"training": {"batch_sise": 4}}, "training.batch_sise"),
+    ({"training": {"batch_size": 0}}, "training.batch_size"),
+    ({"training": {"batch_size": "four"}}, "training.batch_size"),
+    ({"method": {"name": "lorax"}}, "method.name"),
+    ({"task": "translate"}, "task"),
+    ({"dataset": {"format": "csvish"}}, "dataset.format"),
+    ({"training": {"max_steps": 0}}, "training.max_steps"),
+    ({"training": {"gradient_checkpointing": "yes"}}, "training.gradient_checkpointing"),
+    ({"model": "smollm"}, "model"),
+    ({"colour": "red"}, "colour"),
+])
+def test_bad_keys_and_values_name_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        job_from_dict(data)
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+def test_load_job_reports_yaml_errors_with_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntraining:\n  batch_size: [1\n")
+    with pytest.raises(UserError, match=r"not valid YAML at line \d"):
+        load_job(bad)
+
+
+def test_presets_are_valid_jobs() -> None:
+    presets = sorted((REPO / "resources" / "presets").glob("*.yaml"))
+    assert presets
+    for preset in presets:
+        load_job(preset)
+
+
+def test_every_key_has_help() -> None:
+    job = job_from_dict({})
+    for section, value in job.to_dict().items():
+        if isinstance(value, dict):
+            for name in value:
+                assert field_help(section, name), f"{section}.{name} has no help text"
+    assert "name:" in dump_job(job)

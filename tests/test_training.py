@@ -1,0 +1,149 @@
+"""Real fine-tunes of a tiny Llama on the CPU: each method, the events, STOP, resume, NaN."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from engine import events as ev
+from engine.config import job_from_dict
+from engine.training import last_checkpoint, run_training
+
+
+def make_job(model_dir: Path, data: Path, runs: Path, method: str = "lora", **training):
+    settings = {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-2, "seed": 0, **training}
+    return job_from_dict({
+        "name": "t", "model": {"source": str(model_dir)},
+        "dataset": {"path": str(data), "max_length": 64, "eval_split": 2},
+        "method": {"name": method, "r": 4, "alpha": 8},
+        "training": settings, "output": {"runs_dir": str(runs)}})
+
+
+def _types(events: list) -> list[str]:
+    return [e.type for e in events]
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora", "dora"])
+def test_each_method_trains_and_reloads(method: str, tiny_llama_dir: Path, chat_jsonl: Path,
+                                        tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.methods import METHODS
+
+    events: list = []
+    job = make_job(tiny_llama_dir, chat_jsonl, tmp_path, method)
+    result = run_training(job, run_dir=tmp_path / "run", emit=events.append)
+    assert result.status == "completed" and result.step == 3
+    started = next(e for e in events if isinstance(e, ev.RunStarted))
+    assert started.quantized_4bit is (method == "qlora")
+    assert 0 < started.trainable_params <= started.total_params
+    if method == "full":
+        assert started.trainable_params == started.total_params
+    else:
+        assert started.trainable_params < started.total_params / 5
+    steps = [e for e in events if isinstance(e, ev.Step)]
+    assert [s.step for s in steps] == [1, 2, 3]
+    assert all(s.loss == s.loss and s.tokens_per_s > 0 for s in steps)
+
+    # The saved result reloads onto a fresh base and gives the same logits as the trained model.
+    spec = METHODS[method]
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    reloaded = spec.load_trained(base, result.output_path).eval()
+    ids = torch.tensor([[1, 20, 30, 40, 2]])
+    with torch.no_grad():
+        logits = reloaded(input_ids=ids).logits
+        fresh = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+        base_logits = fresh(input_ids=ids).logits
+    if method != "qlora":  # qlora's adapter was trained on a 4-bit base: compare shapes only
+        assert not torch.allclose(logits, base_logits), "training changed nothing"
+    assert logits.shape == base_logits.shape
+
+
+def test_events_file_matches_the_contract(tiny_llama_dir: Path, chat_jsonl: Path,
+                                          tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    writer = ev.EventWriter(run_dir / ev.EVENTS_FILE)
+    job = make_job(tiny_llama_dir, chat_jsonl, tmp_path, eval_steps=2, save_steps=2,
+                   sample_prompts=["hi"], sample_max_new_tokens=4)
+    run_training(job, run_dir=run_dir, emit=writer)
+    writer.close()
+    lines = (run_dir / ev.EVENTS_FILE).read_text().splitlines()
+    assert all(next(iter(json.loads(line))) == "type" for line in lines)  # type first
+    events = ev.read_events(run_dir / ev.EVENTS_FILE)
+    types = _types(events)
+    for needed in ("data_ready", "run_started", "step", "eval", "sample", "checkpoint",
+                   "run_finished"):
+        assert needed in types, needed
+    assert types[-1] == "run_finished" and events[-1].status == "completed"
+    assert types.index("run_started") < types.index("step")
+    assert (run_dir / "job.yaml").is_file() and (run_dir / "adapter").is_dir()
+    assert (run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not list(run_dir.glob("checkpoints/.staging*"))
+
+
+def test_stop_file_saves_a_checkpoint_and_resume_continues(tiny_llama_dir: Path,
+                                                           chat_jsonl: Path,
+                                                           tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    job = make_job(tiny_llama_dir, chat_jsonl, tmp_path, max_steps=6)
+    events: list = []
+
+    def emit(event) -> None:
+        events.append(event)
+        if isinstance(event, ev.Step) and event.step == 2:
+            (run_dir / "STOP").write_text("")
+
+    result = run_training(job, run_dir=run_dir, emit=emit)
+    # The step that sees the STOP file finishes (the one after the step-2 report at the latest).
+    stopped_at = result.step
+    assert result.status == "stopped" and 2 <= stopped_at <= 3
+    assert events[-1].status == "stopped"
+    assert last_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"
+    (run_dir / "STOP").unlink()
+
+    resumed: list = []
+    result = run_training(job, run_dir=run_dir, emit=resumed.append, resume=True)
+    assert result.status == "completed" and result.step == 6
+    assert [e.step for e in resumed if isinstance(e, ev.Step)] == list(range(stopped_at + 1, 7))
+
+
+def test_resume_without_checkpoint_is_a_user_error(tiny_llama_dir: Path, chat_jsonl: Path,
+                                                   tmp_path: Path) -> None:
+    from engine.errors import UserError
+
+    events: list = []
+    with pytest.raises(UserError, match="no complete checkpoint"):
+        run_training(make_job(tiny_llama_dir, chat_jsonl, tmp_path), run_dir=tmp_path / "r",
+                     emit=events.append, resume=True)
+    assert _types(events)[-2:] == ["error", "run_finished"]
+
+
+def test_non_finite_loss_stops_without_a_checkpoint(tiny_llama_dir: Path, chat_jsonl: Path,
+                                                    tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # A model whose weights overflow float32 (as a corrupt or badly merged checkpoint does).
+    broken = tmp_path / "broken"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(1e38)
+    model.save_pretrained(broken)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(tiny_llama_dir / name, broken / name)
+
+    events: list = []
+    job = make_job(broken, chat_jsonl, tmp_path, save_steps=1)
+    result = run_training(job, run_dir=tmp_path / "run", emit=events.append)
+    assert result.status == "failed" and events[-1].status == "failed"
+    errors = [e for e in events if isinstance(e, ev.Error)]
+    assert errors and errors[0].code == "non_finite_loss" and "learning_rate" in errors[0].advice
+    bad_step = next(e.step for e in events if isinstance(e, ev.Step) and not math.isfinite(e.loss))
+    saved = [e.step for e in events if isinstance(e, ev.Checkpoint)]
+    assert all(step < bad_step for step in saved)  # no checkpoint of broken weights
