@@ -111,7 +111,7 @@ class Checkpoint:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Warning:  # noqa: A001 - the contract's name
+class Warning:
     type: str = "warning"
     time: float = field(default_factory=_now)
     code: str = ""
