@@ -100,6 +100,15 @@ def test_meta_counts_equal_real_model_counts(method: str) -> None:
     assert method_counts(config, method, opts).trainable == trainable
 
 
+@pytest.mark.parametrize("targets", [("all-linear",), ("q_proj", "v_proj")])
+def test_analytic_lora_counts_equal_peft(targets: tuple[str, ...]) -> None:
+    from engine.advisor._counts import lora_counts_analytic
+
+    config = catalog.catalog_config("qwen2.5-0.5b-instruct")
+    opts = MethodOptions(r=8, target_modules=targets)
+    assert lora_counts_analytic(model_facts(config), opts) == method_counts(config, "lora", opts)
+
+
 def test_adapter_count_is_analytic() -> None:
     counts = method_counts(tiny_config(), "adapter", MethodOptions(bottleneck_size=8))
     assert counts.trainable == 2 * 2 * (64 * 8 + 8 + 8 * 64 + 64)

@@ -307,3 +307,16 @@ def _known() -> str:
     from engine import catalog
 
     return ", ".join(catalog.names())
+
+
+def lora_counts_analytic(facts: ModelFacts, opts: MethodOptions) -> MethodCounts:
+    """LoRA's counts without peft: r x (in + out) per wrapped linear (equal to peft's).
+
+    Used where many models are scanned (what would fit) and a second each adds up.
+    """
+    wrap_all = "all-linear" in opts.target_modules
+    targets = [lf for lf in facts.linears
+               if wrap_all or lf.name.rsplit(".", 1)[-1] in opts.target_modules]
+    sizes = tuple(n for lf in targets for n in (opts.r * lf.in_features,
+                                                 opts.r * lf.out_features)) * facts.layers
+    return MethodCounts(sum(sizes), facts.total_params + sum(sizes), sizes)

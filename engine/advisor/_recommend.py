@@ -19,6 +19,7 @@ from engine.advisor._counts import (
     MethodCounts,
     MethodOptions,
     ResolvedModel,
+    lora_counts_analytic,
     method_counts,
     model_facts,
     resolve_model,
@@ -74,13 +75,17 @@ class Request:
 class Predictor:
     """Predicts one model's peak for any method and setup, with stored corrections."""
 
-    def __init__(self, model: ResolvedModel, target: Target, opts: MethodOptions) -> None:
+    def __init__(self, model: ResolvedModel, target: Target, opts: MethodOptions, *,
+                 analytic_lora: bool = False) -> None:
         self.model = model
         self.target = target
         self.opts = opts
         self.facts = model_facts(model.config)
+        self.analytic_lora = analytic_lora
 
     def counts(self, method: str) -> MethodCounts:
+        if self.analytic_lora and method in ("lora", "qlora"):
+            return lora_counts_analytic(self.facts, self.opts)
         return method_counts(self.model.config, method, self.opts)
 
     def setup(self, method: str, **kw: Any) -> Setup:
@@ -189,7 +194,7 @@ def _smaller_catalog_model(p: Predictor, req: Request) -> str | None:
     for entry in entries:
         if entry["params"] >= p.facts.total_params:
             continue
-        other = Predictor(resolve_model(entry["name"]), p.target, p.opts)
+        other = Predictor(resolve_model(entry["name"]), p.target, p.opts, analytic_lora=True)
         s = other.setup("qlora", batch_size=1, seq_len=min(req.seq_len, 512),
                         gradient_checkpointing=True, optimizer="paged_adamw_8bit")
         if other.fits(other.predict(s)):
