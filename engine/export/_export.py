@@ -45,6 +45,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, ggu
         raise UserError(f"run {info.run_dir.name} cannot be merged: {refusal}",
                         "export it without --merge and --gguf to get the adapter",
                         code="not_mergeable")
+    if gguf:
+        _check_gguf_supported(info)
     target = check_target(info, Path(out), overwrite)
     merge = merge or (info.is_full and not gguf)
     check_disk_space(target, estimate_bytes(info, merge=merge, gguf=gguf, gguf_type=gguf_type,
@@ -65,6 +67,14 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, ggu
 
 
 # --------------------------------------------------------------------------- refusals
+
+
+def _check_gguf_supported(info: RunInfo) -> None:
+    from engine.export._gguf import check_supported
+    from engine.export._run import load_tokenizer
+    from engine.models import load_config
+
+    check_supported(load_config(info.base_folder()), load_tokenizer(info))
 
 
 def _inside(path: Path, folder: Path) -> bool:

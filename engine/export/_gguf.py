@@ -179,6 +179,10 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, gguf_type: str, name: 
     model_type = config.model_type
     arch_name = GGUF_ARCHS[model_type]
     arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch_name)
+    if name.strip().lower() == "mistral":
+        # transformers' GGUF loader treats general.name == "mistral" as a Mistral model and then
+        # finds no Mistral tensor map in gguf-py; any other name loads as Llama (identical math).
+        name = f"{name}-finetune"
     writer = gguf.GGUFWriter(str(path), arch_name)
     _write_hparams(writer, config, model_type, name, gguf_type)
     tok = tokenizer_metadata(tokenizer, config.vocab_size, model_type)

@@ -33,18 +33,32 @@ def _print_event(event: Any) -> None:
         print(f"… {event.message}", file=sys.stderr, flush=True)
 
 
-def _json_line(event: Any) -> None:
-    sys.__stdout__.write(json.dumps(dataclasses.asdict(event), ensure_ascii=False) + "\n")
-    sys.__stdout__.flush()
+class _JsonLines:
+    """Events as JSON lines on the real stdout; anything else printed goes to stderr."""
+
+    def __init__(self) -> None:
+        self.stream = sys.stdout
+
+    def __call__(self, event: Any) -> None:
+        self.stream.write(json.dumps(dataclasses.asdict(event), ensure_ascii=False) + "\n")
+        self.stream.flush()
 
 
 def run(args: argparse.Namespace) -> int:
     from engine.cli import quiet_libraries
 
     quiet_libraries()
-    if args.events_stdout:
-        sys.stdout = sys.stderr  # stdout carries only event lines
-    emit = _json_line if args.events_stdout else _print_event
+    if not args.events_stdout:
+        return _run(args, _print_event)
+    emit = _JsonLines()
+    sys.stdout = sys.stderr  # stdout carries only event lines
+    try:
+        return _run(args, emit)
+    finally:
+        sys.stdout = emit.stream
+
+
+def _run(args: argparse.Namespace, emit: Any) -> int:
     from engine.errors import UserError
     from engine.export import ExportCheckFailed, export_run
 
@@ -54,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
                              overwrite=args.overwrite, emit=emit)
     except UserError as exc:
         if args.events_stdout:
-            _json_line(ev.Error(code=exc.code, message=exc.message, advice=exc.advice))
+            emit(ev.Error(code=exc.code, message=exc.message, advice=exc.advice))
         raise
     except ExportCheckFailed as exc:
         if args.events_stdout:
-            _json_line(ev.Error(code="export_check_failed", message=str(exc)))
+            emit(ev.Error(code="export_check_failed", message=str(exc)))
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if not args.events_stdout:
