@@ -23,6 +23,10 @@ NOT_MERGEABLE = {
 }
 
 
+# Methods whose peft model runs the plain base inside ``disable_adapter()``.
+SWITCHABLE = ("lora", "qlora", "dora", "ia3")
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """A run folder and what is needed to rebuild its model."""
@@ -56,8 +60,9 @@ class RunInfo:
         return None
 
 
-def open_run(run_dir: str | Path) -> RunInfo:
-    """Read ``run_dir/job.yaml`` and find the trained result; UserError when there is none."""
+def open_run(run_dir: str | Path, *, need_result: bool = True) -> RunInfo:
+    """Read ``run_dir/job.yaml`` and find the trained result; UserError when there is none
+    (unless ``need_result`` is False: chatting with the base works before training ends)."""
     from engine.config import load_job
     from engine.methods import METHODS
 
@@ -79,6 +84,8 @@ def open_run(run_dir: str | Path) -> RunInfo:
     ckpt = last_checkpoint(run)
     if ckpt is not None and _has_weights(ckpt):
         return RunInfo(run, job, spec, ckpt, True)
+    if not need_result:
+        return RunInfo(run, job, spec, result, False)
     raise UserError(f"run {run} has no trained result yet ({spec.output_dir}/ is missing and "
                     "there is no complete checkpoint)",
                     "wait for the run to finish, or resume it", code="bad_run")
@@ -155,7 +162,9 @@ def load_pair(info: RunInfo, *, emit: EventSink | None = None, base_only: bool =
         tuned = info.spec.load_trained(base, info.result).to(device).eval()
         return LoadedPair(tuned, base, device)
     tuned = info.spec.load_trained(base, info.result).eval()
-    if not hasattr(tuned, "disable_adapter"):  # a method that is not a peft model
-        other = load_base(info.job, folder, device, precision, info.spec.quantized_base).eval()
-        return LoadedPair(tuned, other, device)
-    return LoadedPair(tuned, None, device)
+    if info.method in SWITCHABLE and hasattr(tuned, "disable_adapter"):
+        return LoadedPair(tuned, None, device)
+    # Bottleneck adapters hook into the base itself, and prompt-learning methods change how
+    # generate() builds its inputs: a second, untouched copy of the base is the safe "base".
+    other = load_base(info.job, folder, device, precision, info.spec.quantized_base).eval()
+    return LoadedPair(tuned, other, device)
