@@ -23,9 +23,14 @@ def create_app(app: QApplication, *, theme: str = "system",
     apply_theme(app, None if theme == "system" else theme == "dark")
     if theme == "system":
         follow_system_theme(app)
-    tasks = TaskRunner(app)
-    app.aboutToQuit.connect(lambda: tasks.wait(5000))
-    return AppContext(job=JobModel(parent=app), tasks=tasks, settings=settings or AppSettings())
+    ctx = create_context(settings or AppSettings(), parent=app)
+    app.aboutToQuit.connect(ctx.tasks.shutdown)
+    return ctx
+
+
+def create_context(settings: AppSettings, parent: QObject | None = None) -> AppContext:
+    """The job, the worker pool and the settings every page is built from."""
+    return AppContext(job=JobModel(parent=parent), tasks=TaskRunner(parent), settings=settings)
 
 
 def create_window(ctx: AppContext, *, job: str | None = None, page: str = "model") -> QtMainWindow:

@@ -80,9 +80,11 @@ def _meta_model(config: Any) -> Any:
 
     with init_empty_weights():
         try:
-            return AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config)
         except ValueError:  # an encoder such as BERT: no causal-LM head
-            return AutoModel.from_config(config)
+            model = AutoModel.from_config(config)
+    model.tie_weights()  # init_empty_weights skips tying: count shared embeddings once
+    return model
 
 
 def model_info(source: str) -> dict[str, Any]:
@@ -154,8 +156,16 @@ def method_shares(source: str, methods: tuple[str, ...]) -> dict[str, float]:
         model = _apply_method(_meta_model(config), MethodConfig(name=method))
         total = sum(p.numel() for p in model.parameters())
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if method == "adapter":  # not a peft method: a down and an up projection per layer
+            trained = _adapter_params(config, MethodConfig().bottleneck_size)
+            total += trained
         shares[method] = trained / total if total else 0.0
     return shares
+
+
+def _adapter_params(config: Any, bottleneck: int) -> int:
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    return layers * (2 * hidden * bottleneck + hidden + bottleneck)
 
 
 # --------------------------------------------------------------------------- architecture map
@@ -249,7 +259,9 @@ def _node(name: str, module: Any) -> dict[str, Any]:
         "children": [],
     }
     if hasattr(module, "base_layer"):  # a peft tuner layer: show it as one trained leaf
-        node["type"] = f"{type(module.base_layer).__name__} + {type(module).__name__}"
+        tuner = type(module).__module__.split(".")
+        kind = tuner[2] if len(tuner) > 2 and tuner[0] == "peft" else type(module).__name__
+        node["type"] = f"{type(module.base_layer).__name__} + {kind.upper()}"
         return node
     node["children"] = [_node(child_name, child) for child_name, child in module.named_children()]
     return node
@@ -276,3 +288,50 @@ def inspect_for_job(job: Any) -> tuple[Any, str]:
             raise
         report = inspect_data(ds.path, model_source=None, **kwargs)
         return report, f"Token lengths need the model's tokenizer: {exc.message}"
+
+
+# --------------------------------------------------------------------------- methods
+
+# What the lesson says about each method, for methods the engine does not describe yet.
+_METHOD_FALLBACK: dict[str, dict[str, Any]] = {
+    "full": {"label": "Full fine-tuning", "mergeable": True, "works_on_4bit": False,
+             "summary": "Trains every weight. Best quality; memory ≈ 3–4× the model's size."},
+    "lora": {"label": "LoRA", "mergeable": True, "works_on_4bit": True,
+             "summary": "Low-rank updates beside frozen weights (~0.5% trained). The default."},
+    "qlora": {"label": "QLoRA", "mergeable": True, "works_on_4bit": True,
+              "summary": "LoRA on a 4-bit NF4 base: large models on consumer GPUs."},
+    "dora": {"label": "DoRA", "mergeable": True, "works_on_4bit": True,
+             "summary": "LoRA that also learns each weight's magnitude; a little slower."},
+    "adapter": {"label": "Bottleneck adapter", "mergeable": False, "works_on_4bit": True,
+                "summary": "Small down/up MLPs inserted after each block (~3% trained); "
+                           "modular, one per task."},
+    "prefix": {"label": "Prefix tuning", "mergeable": False, "works_on_4bit": True,
+               "summary": "Trainable key/value prefixes in every layer (~0.1%); for very "
+                          "tight memory."},
+    "ptuning_v2": {"label": "P-tuning v2", "mergeable": False, "works_on_4bit": True,
+                   "summary": "Deep prompt tuning: virtual tokens at every layer (~0.2%); "
+                              "prompt-style tasks."},
+    "prompt": {"label": "Prompt tuning", "mergeable": False, "works_on_4bit": True,
+               "summary": "Trainable virtual tokens before the input only; the smallest."},
+    "ia3": {"label": "IA³", "mergeable": True, "works_on_4bit": True,
+            "summary": "Learned scaling vectors on keys, values and the MLP (~0.01%)."},
+}
+
+
+def method_catalog() -> dict[str, dict[str, Any]]:
+    """name → label, summary, mergeable, works_on_4bit (the engine's spec where it has one)."""
+    from engine.config import METHODS
+
+    specs: dict[str, Any] = {}
+    if available("engine.methods"):
+        specs = dict(getattr(importlib.import_module("engine.methods"), "METHODS", {}))
+    out = {}
+    for name in METHODS:
+        info = dict(_METHOD_FALLBACK.get(name, {"label": name, "summary": "",
+                                                "mergeable": False, "works_on_4bit": False}))
+        spec = specs.get(name)
+        if spec is not None:
+            info.update(label=spec.label, summary=spec.summary, mergeable=spec.mergeable,
+                        works_on_4bit=spec.works_on_4bit)
+        out[name] = info
+    return out

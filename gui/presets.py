@@ -18,8 +18,16 @@ class Preset:
     values: dict[str, Any]  # a nested, partial job mapping
 
 
+def _order(name: str) -> tuple[int, float, str]:
+    """VRAM tiers first, smallest first (vram-8gb before vram-12gb), then the rest by name."""
+    tier = name.removeprefix("vram-").removesuffix("gb")
+    if name.startswith("vram-") and tier.replace(".", "", 1).isdigit():
+        return (0, float(tier), name)
+    return (1, 0.0, name)
+
+
 def preset_names(folder: Path = PRESETS_DIR) -> list[str]:
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    return sorted((p.stem for p in folder.glob("*.yaml")), key=_order)
 
 
 def preset_path(name: str, folder: Path = PRESETS_DIR) -> Path:

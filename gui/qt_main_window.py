@@ -7,14 +7,12 @@ from pathlib import Path
 from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QMainWindow,
     QMenu,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QStackedWidget,
@@ -23,11 +21,10 @@ from PySide6.QtWidgets import (
 )
 
 from engine.config import JobConfig
-from engine.errors import UserError
+from gui import job_files
 from gui.pages import PAGES, AppContext, page_spec
 
 BUSY_DELAY_MS = 1000  # show the busy indicator only for waits longer than a second
-JOB_FILTER = "Job files (*.yaml *.yml);;All files (*)"
 
 
 class QtMainWindow(QMainWindow):
@@ -182,21 +179,11 @@ class QtMainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ job files
     def open_job(self, path: str) -> bool:
-        try:
-            self.job.load(path)
-        except UserError as exc:
-            self._error("Cannot open the job", exc)
-            return False
-        self.ctx.settings.add_recent(path)
-        return True
+        return job_files.open_job(self, self.ctx, path)
 
     def save_job(self, path: str) -> bool:
-        try:
-            self.job.save(path)
-        except OSError as exc:
-            QMessageBox.warning(self, "Cannot save the job", f"{path}: {exc.strerror}")
+        if not job_files.save_job(self, self.ctx, path):
             return False
-        self.ctx.settings.add_recent(path)
         self.statusBar().showMessage(f"Saved {path}", 4000)
         return True
 
@@ -204,9 +191,7 @@ class QtMainWindow(QMainWindow):
         self.job.replace(JobConfig(), dirty=False)
 
     def _on_open(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open job", "", JOB_FILTER)
-        if path:
-            self.open_job(path)
+        job_files.open_job_dialog(self, self.ctx)
 
     def _on_save(self) -> None:
         if self.job.path:
@@ -215,10 +200,7 @@ class QtMainWindow(QMainWindow):
             self._on_save_as()
 
     def _on_save_as(self) -> None:
-        start = self.job.path or f"{self.job.job.name}.yaml"
-        path, _ = QFileDialog.getSaveFileName(self, "Save job", start, JOB_FILTER)
-        if path:
-            self.save_job(path if Path(path).suffix else f"{path}.yaml")
+        job_files.save_job_dialog(self, self.ctx)
 
     def _on_copy_cli(self) -> None:
         command = self.job.cli_command("train")
@@ -232,10 +214,6 @@ class QtMainWindow(QMainWindow):
             action = self.recent_menu.addAction(path)
             action.triggered.connect(lambda _c=False, p=path: self.open_job(p))
         self.recent_menu.setEnabled(bool(files))
-
-    def _error(self, title: str, exc: UserError) -> None:
-        text = exc.message + (f"\n\n{exc.advice}" if exc.advice else "")
-        QMessageBox.warning(self, title, text)
 
     # ------------------------------------------------------------------ status
     def _on_job_changed(self, *_args: object) -> None:
@@ -259,6 +237,13 @@ class QtMainWindow(QMainWindow):
             self.busy_label.setText(self.ctx.tasks.message())
             self.busy_label.show()
             self.busy_bar.show()
+
+    def shutdown(self) -> None:
+        """Stop what pages run in the background (threads, timers): tests and app quit."""
+        for page in self.pages.values():
+            stop = getattr(page, "shutdown", None)
+            if stop is not None:
+                stop()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         # Hook (issue 6): a page may veto or prepare the close, e.g. the Train page asks

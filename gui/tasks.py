@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 
@@ -20,11 +21,16 @@ class _Signals(QObject):
 
 
 class _Runnable(QRunnable):
-    def __init__(self, ident: int, fn: Callable[[], Any], signals: _Signals) -> None:
+    def __init__(self, ident: int, fn: Callable[[], Any], signals: _Signals,
+                 is_current: Callable[[int], bool]) -> None:
         super().__init__()
         self._ident, self._fn, self._signals = ident, fn, signals
+        self._is_current = is_current
 
     def run(self) -> None:
+        if not self._is_current(self._ident):  # a newer request on its channel is queued
+            self._signals.done.emit(self._ident, None)
+            return
         try:
             result = self._fn()
         except Exception as exc:  # delivered to the view as an error message
@@ -60,16 +66,30 @@ class TaskRunner(QObject):
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._latest: dict[str, int] = {}
+        self._closed = False
+
+    def shutdown(self, msecs: int = 30000) -> bool:
+        """Accept no new tasks and wait for the running one (app quit, tests)."""
+        self._closed = True
+        self._pool.clear()  # drop queued tasks that have not started
+        return self._pool.waitForDone(msecs)
 
     def submit(self, channel: str, message: str, fn: Callable[[], Any],
                on_done: Callable[[Any], None],
                on_error: Callable[[BaseException], None] | None = None) -> int:
+        if self._closed:
+            return 0
         ident = next(self._ids)
         self._pending[ident] = _Pending(channel, message, on_done, on_error)
         self._latest[channel] = ident
-        self._pool.start(_Runnable(ident, fn, self._signals))
+        self._pool.start(_Runnable(ident, fn, self._signals, self._is_current))
         self.busy_changed.emit(True, message)
         return ident
+
+    def _is_current(self, ident: int) -> bool:
+        # Called from the worker thread: a dict read, atomic under the GIL.
+        pending = self._pending.get(ident)
+        return pending is not None and self._latest.get(pending.channel) == ident
 
     def is_busy(self, channel: str | None = None) -> bool:
         return any(channel in (None, p.channel) for p in self._pending.values())
@@ -89,10 +109,16 @@ class TaskRunner(QObject):
 
     def _on_done(self, ident: int, result: object) -> None:
         pending = self._finish(ident)
-        if pending is not None:
+        if pending is not None and _alive(pending.on_done):
             pending.on_done(result)
 
     def _on_failed(self, ident: int, exc: object) -> None:
         pending = self._finish(ident)
-        if pending is not None and pending.on_error is not None:
+        if pending is not None and pending.on_error is not None and _alive(pending.on_error):
             pending.on_error(exc)  # type: ignore[arg-type]
+
+
+def _alive(callback: Callable[..., Any]) -> bool:
+    """False when the callback's view was deleted while its task ran (window closed)."""
+    owner = getattr(callback, "__self__", None)
+    return not isinstance(owner, QObject) or shiboken6.isValid(owner)

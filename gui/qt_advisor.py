@@ -1,0 +1,183 @@
+"""The resource advisor: detected GPUs (or a VRAM to plan for), predicted memory per method
+as bars against the VRAM line, and the recommendation with an Apply button."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QWidget
+
+from engine.config import METHODS
+from gui import engine_calls
+from gui.qt_memory_bars import MemoryRow, QtMemoryBars, status_for
+from gui.qt_widgets import card
+from gui.theme import WONT_FIT
+
+if TYPE_CHECKING:
+    from gui.pages import AppContext
+
+ADVISE_KEYS = {"", "model.source", "method.name", "method.r", "method.target_modules",
+               "method.double_quant", "method.bottleneck_size", "method.num_virtual_tokens",
+               "dataset.max_length", "training.batch_size", "training.grad_accum",
+               "training.optimizer", "training.gradient_checkpointing"}
+DEFAULT_PLAN_GB = 12.0
+
+
+class QtAdvisor(QWidget):
+    method_clicked = Signal(str)
+
+    def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.job, self.tasks, self.settings = ctx.job, ctx.tasks, ctx.settings
+        self.result: dict[str, Any] = {}
+        self.gpus: list[dict[str, Any]] = []
+        group, inner = card("Resource advisor")
+        top = QHBoxLayout()
+        self.gpu_label = QLabel("Looking for GPUs…")
+        self.gpu_label.setWordWrap(True)
+        self.vram_spin = QDoubleSpinBox()
+        self.vram_spin.setRange(1, 1024)
+        self.vram_spin.setDecimals(1)
+        self.vram_spin.setSuffix(" GB")
+        self.vram_spin.setKeyboardTracking(False)
+        self.vram_spin.setToolTip("GPU memory to plan for: another card, or less than you have")
+        self.vram_spin.setValue(float(self.settings.value("advisor/vram_gb", DEFAULT_PLAN_GB)))
+        self.vram_spin.valueChanged.connect(self._on_vram_changed)
+        top.addWidget(self.gpu_label, 1)
+        top.addWidget(QLabel("Plan for"))
+        top.addWidget(self.vram_spin)
+        inner.addLayout(top)
+        self.bars = QtMemoryBars()
+        self.bars.row_clicked.connect(self.method_clicked)
+        inner.addWidget(self.bars)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        inner.addWidget(self.status)
+        rec = QHBoxLayout()
+        self.recommendation = QLabel()
+        self.recommendation.setWordWrap(True)
+        self.apply_button = QPushButton("Apply")
+        self.apply_button.setToolTip("Set the method, batch size, accumulation, sequence "
+                                     "length and checkpointing the advisor recommends")
+        self.apply_button.setEnabled(False)
+        self.apply_button.clicked.connect(self._on_apply)
+        rec.addWidget(self.recommendation, 1)
+        rec.addWidget(self.apply_button)
+        inner.addLayout(rec)
+        inner.addStretch(1)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(group)
+        self._debounce = QTimer(self, singleShot=True, interval=300)
+        self._debounce.timeout.connect(self._on_advise)
+        self.job.changed.connect(self._on_job_changed)
+        self.tasks.submit("gpu_status", "Looking for GPUs…", engine_calls.gpu_status,
+                          self._on_gpus)
+        self.bars.set_selected(self.job.job.method.name)
+
+    # ------------------------------------------------------------------ GPUs
+    def _on_gpus(self, status: dict[str, Any]) -> None:
+        self.gpus = list(status.get("gpus") or [])
+        if not self.gpus:
+            self.gpu_label.setText("<b>No NVIDIA GPU</b> found on this machine — plan for "
+                                   "the card you will train on:")
+            self.gpu_label.setToolTip(status.get("reason", ""))
+        else:
+            self.gpu_label.setText(" · ".join(_gpu_text(g) for g in self.gpus))
+            total = _gb(self.gpus[0].get("total_gb") or self.gpus[0].get("memory_total"))
+            if total and self.settings.value("advisor/vram_gb") is None:
+                self.vram_spin.setValue(round(total, 1))
+        self._debounce.start()
+
+    # ------------------------------------------------------------------ advice
+    def _on_job_changed(self, key: str) -> None:
+        if key in ("", "method.name"):
+            self.bars.set_selected(self.job.job.method.name)
+        if key in ADVISE_KEYS:
+            self._debounce.start()
+
+    def _on_vram_changed(self, value: float) -> None:
+        self.settings.set_value("advisor/vram_gb", value)
+        self._debounce.start()
+
+    def request(self) -> None:
+        self._on_advise()
+
+    def _on_advise(self) -> None:
+        job = self.job.job
+        kwargs = {"vram_gb": self.vram_spin.value(), "method": job.method.name,
+                  "seq_len": job.dataset.max_length, "batch_size": job.training.batch_size,
+                  "grad_accum": job.training.grad_accum, "optimizer": job.training.optimizer,
+                  "gradient_checkpointing": job.training.gradient_checkpointing}
+        source = job.model.source
+        self.status.setText("Predicting memory…")
+        self.tasks.submit("advise", "Predicting memory per method…",
+                          lambda: engine_calls.advise(source, **kwargs),
+                          self._on_advice, self._on_advice_failed)
+
+    def _on_advice(self, result: dict[str, Any]) -> None:
+        self.result = result
+        vram = float(result.get("vram_gb") or self.vram_spin.value())
+        rows = []
+        for name in METHODS:
+            m = result.get("methods", {}).get(name)
+            if m:
+                rows.append(_memory_row(name, m, vram))
+        self.bars.set_rows(rows, vram)
+        self.status.setText("Predicted peak memory (bar: expected, line: low–high). "
+                            "Click a row to choose that method.")
+        rec = result.get("recommendation") or {}
+        self.recommendation.setText(_recommendation_text(rec))
+        self.apply_button.setEnabled(bool(rec.get("method")))
+
+    def _on_advice_failed(self, exc: BaseException) -> None:
+        self.result = {}
+        self.bars.set_rows([], 0)
+        self.apply_button.setEnabled(False)
+        self.recommendation.setText("")
+        if isinstance(exc, ModuleNotFoundError | ImportError):
+            self.status.setText("The resource advisor is not available in this build yet.")
+            return
+        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        self.status.setText(f"<span style='color:{WONT_FIT}'>{message}</span>")
+
+    def _on_apply(self) -> None:
+        rec = self.result.get("recommendation") or {}
+        update: dict[str, Any] = {"method": {"name": rec["method"]}, "training": {}}
+        for key in ("batch_size", "grad_accum", "gradient_checkpointing"):
+            if rec.get(key) is not None:
+                update["training"][key] = rec[key]
+        if rec.get("seq_len"):
+            update["dataset"] = {"max_length": int(rec["seq_len"])}
+        self.job.update(update)
+
+
+def _gb(value: Any) -> float:
+    if not isinstance(value, int | float):
+        return 0.0
+    return value / 2**30 if value > 4096 else float(value)  # bytes or GiB
+
+
+def _gpu_text(gpu: dict[str, Any]) -> str:
+    total = _gb(gpu.get("total_gb") or gpu.get("memory_total"))
+    free = _gb(gpu.get("free_gb") or gpu.get("memory_free"))
+    return f"<b>{gpu.get('name', 'GPU')}</b> · {total:.1f} GB ({free:.1f} GB free)"
+
+
+def _memory_row(name: str, m: dict[str, Any], vram: float) -> MemoryRow:
+    low, expected, high = (float(m.get(k) or 0) for k in ("low_gb", "expected_gb", "high_gb"))
+    fits = m.get("fits")
+    status = fits if fits in ("fits", "tight", "won't fit") else status_for(
+        low, expected, high, vram)
+    return MemoryRow(name, name, low, expected, high, status)
+
+
+def _recommendation_text(rec: dict[str, Any]) -> str:
+    if not rec.get("method"):
+        return rec.get("reason") or ""
+    ckpt = "on" if rec.get("gradient_checkpointing") else "off"
+    settings = (f"batch {rec.get('batch_size')} × accumulation {rec.get('grad_accum')}, "
+                f"{rec.get('seq_len')} tokens, checkpointing {ckpt}")
+    return (f"Recommended: <b>{rec['method']}</b> — {settings}.<br>"
+            f"<span>{rec.get('reason', '')}</span>")

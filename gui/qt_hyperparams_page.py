@@ -1,0 +1,170 @@
+"""Hyperparameters: sane defaults, an Advanced section, presets by VRAM tier, the job file."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.errors import UserError
+from gui import job_files
+from gui.presets import load_preset, preset_names
+from gui.qt_config_form import QtConfigForm, section_keys
+from gui.qt_widgets import QtCommandBox, card, heading, page_layout
+from gui.theme import WONT_FIT
+
+if TYPE_CHECKING:
+    from gui.pages import AppContext
+
+BASIC_KEYS = ["name", "training.epochs", "training.max_steps", "training.batch_size",
+              "training.grad_accum", "training.learning_rate", "training.lr_scheduler",
+              "training.warmup_ratio", "training.optimizer", "training.precision",
+              "training.gradient_checkpointing", "dataset.eval_split"]
+# Keys edited on other pages; everything else not basic lands under Advanced automatically.
+ELSEWHERE = {"task", "model.source", "dataset.path", "dataset.format", "dataset.max_length",
+             "dataset.overflow"}
+
+
+def advanced_keys() -> list[str]:
+    keys = []
+    for section in ("", "training", "dataset", "model", "output"):
+        keys += [k for k in section_keys(section)
+                 if k not in BASIC_KEYS and k not in ELSEWHERE]
+    return keys
+
+
+class QtHyperparamsPage(QWidget):
+    def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.ctx, self.job = ctx, ctx.job
+        layout = page_layout(self)
+        layout.addWidget(heading("Hyperparameters", "Defaults that work; hover a setting for "
+                                 "what it does. Start from a preset for your GPU's memory."))
+        columns = QHBoxLayout()
+        columns.setSpacing(12)
+        left = QVBoxLayout()
+        left.addWidget(self._presets_card())
+        basic, basic_layout = card("Training")
+        self.basic_form = QtConfigForm(self.job, BASIC_KEYS)
+        basic_layout.addWidget(self.basic_form)
+        left.addWidget(basic, 1)
+        columns.addLayout(left, 1)
+        columns.addWidget(self._advanced_card(), 1)
+        layout.addLayout(columns, 1)
+        layout.addWidget(self._job_file_card())
+
+    # ------------------------------------------------------------------ building
+    def _presets_card(self) -> QWidget:
+        group, inner = card("Preset")
+        row = QHBoxLayout()
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(preset_names())
+        self.preset_combo.currentTextChanged.connect(self._on_preset_chosen)
+        self.apply_preset_button = QPushButton("Apply preset")
+        self.apply_preset_button.clicked.connect(self._on_apply_preset)
+        row.addWidget(self.preset_combo, 1)
+        row.addWidget(self.apply_preset_button)
+        inner.addLayout(row)
+        self.preset_info = QLabel()
+        self.preset_info.setWordWrap(True)
+        self.preset_info.setStyleSheet("color: palette(placeholder-text);")
+        inner.addWidget(self.preset_info)
+        self._on_preset_chosen(self.preset_combo.currentText())
+        return group
+
+    def _advanced_card(self) -> QWidget:
+        group, inner = card("Advanced")
+        keys = advanced_keys()
+        self.advanced_toggle = QToolButton()
+        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_toggle.setCheckable(True)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_toggle.setText(f"Show {len(keys)} rarely-changed settings")
+        self.advanced_toggle.toggled.connect(self._on_advanced_toggled)
+        inner.addWidget(self.advanced_toggle)
+        self.advanced_form = QtConfigForm(self.job, keys)
+        self.advanced_scroll = QScrollArea()
+        self.advanced_scroll.setWidgetResizable(True)
+        self.advanced_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.advanced_scroll.setWidget(self.advanced_form)
+        self.advanced_scroll.hide()
+        inner.addWidget(self.advanced_scroll, 1)
+        self.advanced_hint = QLabel("Evaluation and checkpoint intervals, seed, device, sample "
+                                    "prompts, packing, columns, attention kernel, runs folder…")
+        self.advanced_hint.setWordWrap(True)
+        self.advanced_hint.setStyleSheet("color: palette(placeholder-text);")
+        inner.addWidget(self.advanced_hint)
+        inner.addStretch(1)
+        self.advanced_group = group
+        return group
+
+    def _job_file_card(self) -> QWidget:
+        group, inner = card("Job file")
+        row = QHBoxLayout()
+        self.load_button = QPushButton("Load job…")
+        self.load_button.clicked.connect(self._on_load)
+        self.save_button = QPushButton("Save job…")
+        self.save_button.clicked.connect(self._on_save)
+        self.command = QtCommandBox(self.job, "train")
+        row.addWidget(self.load_button)
+        row.addWidget(self.save_button)
+        row.addSpacing(12)
+        row.addWidget(self.command, 1)
+        inner.addLayout(row)
+        self.file_status = QLabel()
+        inner.addWidget(self.file_status)
+        self.job.path_changed.connect(self._on_path_changed)
+        self.job.dirty_changed.connect(self._on_path_changed)
+        self._on_path_changed()
+        return group
+
+    # ------------------------------------------------------------------ events
+    def _on_preset_chosen(self, name: str) -> None:
+        if not name:
+            self.preset_info.setText("No presets found in resources/presets.")
+            self.apply_preset_button.setEnabled(False)
+            return
+        preset = load_preset(name)
+        self.preset_info.setText(preset.description)
+        self.preset_info.setToolTip(preset.description)
+
+    def _on_apply_preset(self) -> None:
+        name = self.preset_combo.currentText()
+        try:
+            self.job.update(load_preset(name).values)
+        except (UserError, ValueError) as exc:
+            message = getattr(exc, "message", str(exc))
+            self.preset_info.setText(f"<span style='color:{WONT_FIT}'>{message}</span>")
+            return
+        self.file_status.setText(f"Applied preset {name}.")
+
+    def _on_advanced_toggled(self, shown: bool) -> None:
+        self.advanced_scroll.setVisible(shown)
+        self.advanced_hint.setVisible(not shown)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if shown
+                                          else Qt.ArrowType.RightArrow)
+        self.advanced_toggle.setText(("Hide" if shown else "Show") + self.advanced_toggle.text()
+                                     .partition(" ")[1] + self.advanced_toggle.text()
+                                     .partition(" ")[2])
+
+    def _on_load(self) -> None:
+        job_files.open_job_dialog(self, self.ctx)
+
+    def _on_save(self) -> None:
+        if job_files.save_job_dialog(self, self.ctx):
+            self.file_status.setText(f"Saved {self.job.path}")
+
+    def _on_path_changed(self, *_args: object) -> None:
+        where = self.job.path or "not saved yet"
+        self.file_status.setText(f"Job file: {where}" + ("  (unsaved changes)"
+                                                          if self.job.dirty else ""))

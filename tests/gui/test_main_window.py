@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import shiboken6
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QLineEdit
+
+from gui.pages import PAGES
+from gui.qt_main_window import QtMainWindow
+
+
+def test_sidebar_lists_the_flow_in_order(window) -> None:
+    titles = [window.sidebar.item(i).text().split(".")[-1].strip()
+              for i in range(window.sidebar.count())]
+    assert titles == ["Model", "Data", "Method", "Hyperparameters", "Train", "Evaluate",
+                      "Export", "Runs"]
+    assert window.current_key() == "model"
+    assert window.windowTitle() == "Tunesmith — untitled job"
+
+
+def test_back_and_next_walk_the_pages(window) -> None:
+    window.show_page("train")
+    window.next_button.click()
+    assert window.current_key() == "evaluate"
+    window.back_button.click()
+    window.back_button.click()
+    assert window.current_key() == "hyperparameters"
+    window.sidebar.setCurrentRow(len(PAGES) - 1)
+    assert window.current_key() == "runs"
+    assert not window.next_button.isEnabled()
+
+
+def test_placeholders_say_what_comes_and_copy_the_cli_command(window, tmp_path: Path) -> None:
+    placeholders = [spec for spec in PAGES if spec.placeholder]
+    for spec in placeholders:
+        page = window.page(spec.key)
+        assert "python -m engine" in page.findChild(QLineEdit).text()
+    with_job = [s for s in placeholders if "command" not in s.placeholder]
+    if not with_job:
+        pytest.skip("every placeholder page has been replaced by its real page")
+    page = window.page(with_job[0].key)
+    window.ctx.job.save(tmp_path / "job.yaml")
+    assert page.command.edit.text().endswith("job.yaml")
+    page.command.copy_button.click()
+    assert QGuiApplication.clipboard().text() == page.command.command()
+
+
+def test_title_marks_unsaved_changes_and_recent_files_persist(window, ctx, tmp_path) -> None:
+    ctx.job.set("name", "demo")
+    assert window.windowTitle().endswith("*")
+    path = str(tmp_path / "demo.yaml")
+    assert window.save_job(path)
+    assert window.windowTitle() == "Tunesmith — demo.yaml"
+    assert ctx.settings.recent_files() == [str(Path(path).resolve())]
+    assert [a.text() for a in window.recent_menu.actions()] == [str(Path(path).resolve())]
+
+
+def test_geometry_is_saved_and_restored(qtbot, ctx) -> None:
+    first = QtMainWindow(ctx)
+    first.resize(700, 500)
+    first.close()
+    second = QtMainWindow(ctx)
+    assert (second.width(), second.height()) == (700, 500)
+    for win in (first, second):
+        win.shutdown()
+        shiboken6.delete(win)
+
+
+def test_opening_a_job_file_loads_it(window, tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("name: loaded\nmethod: {name: ia3}\n")
+    assert window.open_job(str(path))
+    assert window.ctx.job.job.method.name == "ia3"
+    assert window.windowTitle() == "Tunesmith — job.yaml"
+
+
+def test_busy_indicator_shows_only_after_a_second(qtbot, window) -> None:
+    import time
+
+    window.ctx.tasks.submit("test", "Waiting for the test…", lambda: time.sleep(1.4),
+                            lambda _r: None)
+    assert window.busy_bar.isHidden()
+    qtbot.waitUntil(lambda: window.busy_bar.isVisible(), timeout=3000)
+    assert window.busy_label.text() == "Waiting for the test…"
+    qtbot.waitUntil(lambda: window.busy_bar.isHidden(), timeout=3000)
+
+
+def test_opening_the_window_imports_no_heavy_library() -> None:
+    # Worker tasks are held back: what is measured is the GUI thread's own imports.
+    code = ("import sys; from PySide6.QtWidgets import QApplication; app = QApplication([]);"
+            "from gui.tasks import TaskRunner; TaskRunner.submit = lambda *a, **k: 0;"
+            "from gui.app import create_app, create_window; from gui.settings import AppSettings;"
+            "import tempfile; ctx = create_app(app, settings=AppSettings(tempfile.mktemp()));"
+            "w = create_window(ctx); w.show(); app.processEvents();"
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'pyqtgraph')"
+            " if m in sys.modules))")
+    env = {"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
