@@ -131,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
         result = run_training(job, run_dir=run_dir, emit=emit,
                               should_stop=StopSignal(run_dir, args.events_stdout),
                               resume=args.resume)
-    except UserError:
-        raise
+    except UserError as exc:
+        if args.events_stdout:
+            raise  # the dispatcher prints it on stderr; the GUI reads the error event
+        return exc.exit_code  # the progress bar has already shown the error event
     except Exception:
         import traceback
 

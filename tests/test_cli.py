@@ -1,0 +1,97 @@
+"""`python -m engine ...` as a user types it: exit codes, one clear message, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def engine(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _one_clear_message(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+def test_help_lists_the_verbs() -> None:
+    proc = engine("--help")
+    assert proc.returncode == 0
+    for verb in ("train", "data", "advise", "export"):
+        assert verb in proc.stdout
+
+
+@pytest.mark.parametrize(("content", "needles"), [
+    ("name: x\ntraining:\n  batch_size: -3\n", ["training.batch_size", "-3"]),
+    ("name: x\nmethod:\n  nme: lora\n", ["method.nme", "not a known key"]),
+    ("name: x\ndataset: {path: [1\n", ["not valid YAML", "line"]),
+])
+def test_bad_job_files_exit_2(tmp_path: Path, content: str, needles: list[str]) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(content)
+    _one_clear_message(engine("train", str(job)), str(job), *needles)
+
+
+def test_missing_job_and_missing_dataset_exit_2(tmp_path: Path) -> None:
+    _one_clear_message(engine("train", str(tmp_path / "nope.yaml")), "does not exist")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: x\nmodel: {{source: smollm2-135m-instruct}}\n"
+                   f"dataset: {{path: {tmp_path / 'missing.jsonl'}}}\n"
+                   f"output: {{runs_dir: {tmp_path / 'runs'}}}\n")
+    proc = engine("train", str(job))
+    _one_clear_message(proc, "missing.jsonl", "does not exist")
+    events = list((tmp_path / "runs").glob("*/events.jsonl"))
+    assert events and '"run_finished"' in events[0].read_text()  # the failure is recorded
+
+
+def test_data_verb_reports_problems_with_rows(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\nnot json\n')
+    proc = engine("data", str(data))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "d.jsonl line 3" in proc.stderr and "not valid JSON" in proc.stderr
+
+
+def test_data_verb_json_on_the_demo(tiny_llama_dir: Path) -> None:
+    proc = engine("data", "resources/datasets/pirate-persona.jsonl", "--model",
+                  str(tiny_llama_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["format"] == "messages" and report["rows"] == 160 and report["valid"]
+    assert report["token_lengths"]["max"] < 256
+    assert any(seg["trained"] for seg in report["preview"][0])
+
+
+def test_unknown_model_exits_2() -> None:
+    proc = engine("data", "resources/datasets/pirate-persona.jsonl", "--model", "./no-such")
+    _one_clear_message(proc, "no-such", "built-in defaults")
+
+
+def test_train_streams_only_json_on_stdout(tiny_llama_dir: Path, chat_jsonl: Path,
+                                           tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({
+        "name": "cli", "model": {"source": str(tiny_llama_dir)},
+        "dataset": {"path": str(chat_jsonl), "max_length": 64},
+        "training": {"max_steps": 2, "batch_size": 4}, "output": {"runs_dir": str(tmp_path)}}))
+    run_dir = tmp_path / "run"
+    proc = engine("train", str(job), "--run-dir", str(run_dir), "--events-stdout")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    types = [json.loads(line)["type"] for line in lines]  # every stdout line is an event
+    assert types[-1] == "run_finished" and types.count("step") == 2
+    assert (run_dir / "events.jsonl").read_text().splitlines() == lines
