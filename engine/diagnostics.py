@@ -40,18 +40,14 @@ OVERFIT_EVALS = 3  # consecutive eval-loss rises
 BEST_FILE = "best_checkpoint.json"
 
 ADVICE = {
-    "non_finite_loss": "The loss became NaN or infinite, so the run stopped without saving a "
-                       "checkpoint of broken weights. Lower the learning rate (e.g. 10×) or use "
-                       "precision bf16/fp32 instead of fp16, then retry or resume.",
-    "divergence": "The loss jumped far above its recent level: the learning rate is probably "
-                  "too high. Stop, lower training.learning_rate (or raise warmup) and resume "
-                  "from the last checkpoint.",
-    "overfitting": "The eval loss keeps rising while the training loss falls: the model is "
-                   "memorising the training set. Stop and keep the checkpoint with the lowest "
-                   "eval loss; next time train fewer steps, or use more data or dropout.",
-    "cuda_oom": "The GPU ran out of memory. A smaller micro-batch with more gradient "
-                "accumulation (same effective batch), gradient checkpointing, or QLoRA fits "
-                "in less memory.",
+    "non_finite_loss": "No checkpoint of the broken weights was saved. Lower the learning rate "
+                       "(e.g. 10×) or use precision bf16/fp32 instead of fp16, then retry.",
+    "divergence": "The learning rate is probably too high: stop, lower "
+                  "training.learning_rate (or raise training.warmup_ratio) and restart.",
+    "overfitting": "The model is memorising the training set. Stop and keep the checkpoint "
+                   "with the lowest eval loss; next time train fewer steps or use more data.",
+    "cuda_oom": "A smaller micro-batch with more gradient accumulation (same effective batch), "
+                "gradient checkpointing or QLoRA needs less memory.",
 }
 
 
@@ -166,8 +162,12 @@ def oom_retry_settings(job: dict[str, Any], *, cuda: bool = True) -> dict[str, A
 
 def describe_settings(partial: dict[str, Any]) -> list[str]:
     """``section.key: value`` lines of a partial job, for a banner."""
-    return [f"{section}.{key}: {value}" for section, keys in partial.items()
+    return [f"{section}.{key}: {_yaml_value(value)}" for section, keys in partial.items()
             for key, value in keys.items()]
+
+
+def _yaml_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def best_checkpoint(run_dir: str | Path, evals: Iterable[ev.Eval]) -> Path | None:

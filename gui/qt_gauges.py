@@ -33,7 +33,7 @@ def read_telemetry(with_gpus: bool) -> dict[str, Any]:
 class TelemetrySampler(QThread):
     """Emits ``reading(dict)`` every ``interval_ms``: ``{"system", "gpus"?, "reason"?}``."""
 
-    reading = Signal(dict)
+    reading = Signal(object)  # dict
 
     def __init__(self, interval_ms: int = INTERVAL_MS, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -115,6 +115,7 @@ class QtGauges(QWidget):
         super().__init__(parent)
         self.sampler, self.controller = sampler, controller
         self.predicted_peak_gb: float | None = None
+        self._memory: dict[str, Any] = {}
         self.readings = 0
         self.gpu_note = QLabel("Looking for NVIDIA GPUs…")
         self.gpu_note.setWordWrap(True)
@@ -138,10 +139,12 @@ class QtGauges(QWidget):
         controller.reset.connect(self._on_reset)
 
     def set_predicted_peak(self, gb: float | None) -> None:
+        """The advisor's predicted peak: a marker on each GPU bar, a number for the CPU."""
         self.predicted_peak_gb = gb
         for gauge in self.gpu_gauges:
             gauge.bar.peak = gb
             gauge.bar.update()
+        self._show_process()
 
     # ------------------------------------------------------------------ telemetry
     def _on_reading(self, data: dict[str, Any]) -> None:
@@ -158,8 +161,9 @@ class QtGauges(QWidget):
 
     def _show_gpus(self, gpus: list[dict[str, Any]], reason: str) -> None:
         if not gpus:
-            self.gpu_note.setText(f"<b>No NVIDIA GPU</b> — training runs on the CPU "
-                                  f"(<span style='color:gray'>{reason}</span>)")
+            self.gpu_note.setText("<b>No NVIDIA GPU found</b> — training runs on the CPU "
+                                  "(or Apple MPS); RAM and CPU stay live below.")
+            self.gpu_note.setToolTip(reason)
             self.gpu_note.show()
         else:
             self.gpu_note.hide()
@@ -174,12 +178,22 @@ class QtGauges(QWidget):
 
     # ------------------------------------------------------------------ the run's own memory
     def _on_reset(self, _run_dir: str = "") -> None:
+        self.predicted_peak_gb = None
+        self._memory = {}
         self.process.setText("Training process: starting")
 
     def _on_events(self, batch: list[ev.Event]) -> None:
         step = next((e for e in reversed(batch) if isinstance(e, ev.Step)), None)
         if step is not None and step.memory:
-            self.process.setText(_process_text(step.memory))
+            self._memory = step.memory
+            self._show_process()
+
+    def _show_process(self) -> None:
+        memory = self._memory
+        text = _process_text(memory) if memory else "Training process: no step yet"
+        if self.predicted_peak_gb is not None:
+            text += f" · advisor's predicted peak {self.predicted_peak_gb:.2f} GiB"
+        self.process.setText(text)
 
 
 def _gpu_text(gpu: dict[str, Any], peak: float | None) -> str:

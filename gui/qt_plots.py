@@ -17,32 +17,63 @@ from PySide6.QtWidgets import QGridLayout, QWidget
 from engine import events as ev
 from gui.run_controller import RunController
 
-REDRAW_MS = 100
+REDRAW_MS = 100  # the loss plot: at most ~10 redraws a second
+SMALL_REDRAW_MS = 500  # learning rate, gradient norm, throughput: ~2 a second
+AXIS_WIDTH = 56  # fixed, so new tick labels never re-lay out the page
 SMOOTHING = 0.9  # exponential moving average weight (TensorBoard-style, debiased)
 
-pg.setConfigOptions(antialias=True, useNumba=False)
+pg.setConfigOptions(antialias=False, useNumba=False)  # antialiasing doubles paint time
 
 
 class Series:
-    """x/y float buffers that double when full."""
+    """x/y float buffers that double when full; appends are staged in lists (cheap per
+    event) and moved into the arrays in one go when the data is read."""
 
     def __init__(self, capacity: int = 256) -> None:
         self.x = np.empty(capacity)
         self.y = np.empty(capacity)
-        self.n = 0
+        self._n = 0
+        self._sx: list[float] = []
+        self._sy: list[float] = []
+
+    @property
+    def n(self) -> int:
+        return self._n + len(self._sx)
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self._flush()
+        self._n = max(0, min(value, self._n))
 
     def append(self, x: float, y: float) -> None:
-        if self.n == len(self.x):
-            self.x = np.concatenate([self.x, np.empty_like(self.x)])
-            self.y = np.concatenate([self.y, np.empty_like(self.y)])
-        self.x[self.n], self.y[self.n] = x, y
-        self.n += 1
+        self._sx.append(x)
+        self._sy.append(y)
+
+    def last_x(self) -> float:
+        if self._sx:
+            return self._sx[-1]
+        return float(self.x[self._n - 1]) if self._n else -math.inf
 
     def clear(self) -> None:
-        self.n = 0
+        self._n = 0
+        self._sx, self._sy = [], []
+
+    def _flush(self) -> None:
+        if not self._sx:
+            return
+        need = self._n + len(self._sx)
+        if need > len(self.x):
+            size = max(need, 2 * len(self.x))
+            self.x = np.concatenate([self.x[: self._n], np.empty(size - self._n)])
+            self.y = np.concatenate([self.y[: self._n], np.empty(size - self._n)])
+        self.x[self._n: need] = self._sx
+        self.y[self._n: need] = self._sy
+        self._n = need
+        self._sx, self._sy = [], []
 
     def data(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.x[: self.n], self.y[: self.n]
+        self._flush()
+        return self.x[: self._n], self.y[: self._n]
 
 
 def make_plot(title: str, left: str) -> pg.PlotWidget:
@@ -55,11 +86,56 @@ def make_plot(title: str, left: str) -> pg.PlotWidget:
         item.getAxis(axis).setTextPen(fg)
         item.getAxis(axis).setPen(fg)
     item.setLabel("left", left)
-    item.showGrid(x=True, y=True, alpha=0.2)
+    item.getAxis("left").setWidth(AXIS_WIDTH)
+    # No grid: its alpha-blended full-width lines triple the paint time of a plot.
     item.setDownsampling(mode="peak")
     item.setClipToView(True)
     widget.setMinimumHeight(120)
     return widget
+
+
+class StickyRange:
+    """View ranges that change in steps, not at every new point.
+
+    Each range change re-renders a plot's axes, the dearest part of a repaint; autorange
+    would do it at every step. The x range is the run's planned steps (or grows by half);
+    the y range grows past new extremes with a margin and shrinks only when the data fills
+    less than a third of it. A pan or zoom by the user hands the range over to them.
+    """
+
+    def __init__(self, plot: pg.PlotWidget) -> None:
+        self.view = plot.getPlotItem().getViewBox()
+        self.view.disableAutoRange()
+        self.view.sigRangeChangedManually.connect(self._on_manual)
+        self.reset()
+
+    def reset(self) -> None:
+        self.manual = False
+        self.x_max = 0.0
+        self.y: tuple[float, float] | None = None
+        self.changes = 0
+
+    def _on_manual(self, *_args: object) -> None:
+        self.manual = True
+
+    def fit(self, x_max: float, planned: int, ys: list[np.ndarray]) -> None:
+        if self.manual:
+            return
+        data = np.concatenate([y[np.isfinite(y)] for y in ys]) if ys else np.empty(0)
+        if not data.size:
+            return
+        want_x = float(planned) if planned >= x_max else max(10.0, x_max * 1.5)
+        if want_x != self.x_max and (x_max > self.x_max or planned):
+            self.x_max = want_x
+            self.view.setXRange(0, want_x, padding=0.02)
+            self.changes += 1
+        lo, hi = float(data.min()), float(data.max())
+        if self.y is None or lo < self.y[0] or hi > self.y[1] or \
+                (hi - lo) < (self.y[1] - self.y[0]) / 3:
+            pad = max((hi - lo) * 0.15, abs(hi) * 0.02, 1e-12)
+            self.y = (lo - pad, hi + pad)
+            self.view.setYRange(*self.y, padding=0)
+            self.changes += 1
 
 
 class QtTrainingPlots(QWidget):
@@ -80,7 +156,7 @@ class QtTrainingPlots(QWidget):
         self.lr = Series()
         self.grad = Series()
         self.speed = Series()
-        self.raw_curve = self.loss_plot.plot(pen=pg.mkPen((120, 160, 220, 110), width=1),
+        self.raw_curve = self.loss_plot.plot(pen=pg.mkPen((110, 150, 215, 170), width=1),
                                              name="train (raw)", connect="finite")
         self.smooth_curve = self.loss_plot.plot(pen=pg.mkPen((40, 110, 220), width=2),
                                                 name="train (smoothed)")
@@ -92,8 +168,14 @@ class QtTrainingPlots(QWidget):
         self.speed_curve = self.speed_plot.plot(pen=pg.mkPen((200, 90, 90), width=1.5))
         self._ema = 0.0
         self._ema_n = 0
+        self.planned = 0  # the run's max_steps
+        self.ranges = {name: StickyRange(plot) for name, plot in (
+            ("loss", self.loss_plot), ("lr", self.lr_plot), ("grad", self.grad_plot),
+            ("speed", self.speed_plot))}
         self._timer = QTimer(self, singleShot=True, interval=REDRAW_MS)
         self._timer.timeout.connect(self._on_redraw)
+        self._small_timer = QTimer(self, singleShot=True, interval=SMALL_REDRAW_MS)
+        self._small_timer.timeout.connect(self._on_redraw_small)
         self.redraws = 0
         layout = QGridLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -113,6 +195,9 @@ class QtTrainingPlots(QWidget):
         for series in (self.raw, self.smooth, self.eval, self.lr, self.grad, self.speed):
             series.clear()
         self._ema, self._ema_n = 0.0, 0
+        self.planned = 0
+        for sticky in self.ranges.values():
+            sticky.reset()
         self._schedule()
 
     def _on_events(self, batch: list[ev.Event]) -> None:
@@ -120,7 +205,10 @@ class QtTrainingPlots(QWidget):
         for event in batch:
             if isinstance(event, ev.Step):
                 self._add_step(event)
+                self.planned = max(self.planned, event.max_steps)
                 changed = True
+            elif isinstance(event, ev.RunStarted):
+                self.planned = max(self.planned, event.max_steps)
             elif isinstance(event, ev.Eval) and math.isfinite(event.eval_loss):
                 self._add_eval(event)
                 changed = True
@@ -128,7 +216,7 @@ class QtTrainingPlots(QWidget):
             self._schedule()
 
     def _add_step(self, s: ev.Step) -> None:
-        if self.raw.n and s.step <= self.raw.x[self.raw.n - 1]:
+        if s.step <= self.raw.last_x():
             self._truncate(s.step)  # resumed from an earlier checkpoint: redo those steps
         self.raw.append(s.step, s.loss if math.isfinite(s.loss) else math.nan)
         if math.isfinite(s.loss):
@@ -142,26 +230,41 @@ class QtTrainingPlots(QWidget):
             self.speed.append(s.step, s.tokens_per_s)
 
     def _add_eval(self, e: ev.Eval) -> None:
-        if self.eval.n and e.step <= self.eval.x[self.eval.n - 1]:
+        if e.step <= self.eval.last_x():
             self.eval.n -= 1  # the same step evaluated again, or a resume that redoes it
         self.eval.append(e.step, e.eval_loss)
 
     def _truncate(self, step: int) -> None:
         for series in (self.raw, self.smooth, self.lr, self.grad, self.speed):
-            series.n = int(np.searchsorted(series.x[: series.n], step))
+            x, _ = series.data()
+            series.n = int(np.searchsorted(x, step))
 
     def _schedule(self) -> None:
+        # Staggered: the small plots repaint on other event-loop turns than the loss plot,
+        # so no single turn paints all four (each paint blocks the GUI thread).
         if not self._timer.isActive():
             self._timer.start()
+        if not self._small_timer.isActive():
+            self._small_timer.start()
 
     def _on_redraw(self) -> None:
         self.redraws += 1
         self.raw_curve.setData(*self.raw.data())
         self.smooth_curve.setData(*self.smooth.data())
         self.eval_curve.setData(*self.eval.data())
+        self._fit("loss", self.raw, self.smooth, self.eval)
+
+    def _on_redraw_small(self) -> None:
         self.lr_curve.setData(*self.lr.data())
         self.grad_curve.setData(*self.grad.data())
         self.speed_curve.setData(*self.speed.data())
+        self._fit("lr", self.lr)
+        self._fit("grad", self.grad)
+        self._fit("speed", self.speed)
+
+    def _fit(self, name: str, *series: Series) -> None:
+        x_max = max((s.last_x() for s in series if s.n), default=0.0)
+        self.ranges[name].fit(x_max, self.planned, [s.data()[1] for s in series if s.n])
 
     # ------------------------------------------------------------------ for tests
     def loss_points(self) -> list[tuple[int, float]]:

@@ -106,6 +106,9 @@ class QtTrainPage(QWidget):
         self._last_step: ev.Step | None = None
         self._device = ""
         self._build()
+        # QProgressBar.setValue repaints at once: update the bar and ETA ~4 times a second.
+        self._progress_timer = QTimer(self, singleShot=True, interval=250)
+        self._progress_timer.timeout.connect(self._on_progress_timer)
         self.controller.reset.connect(self._on_reset)
         self.controller.events.connect(self._on_events)
         self.controller.log.connect(self._on_log)
@@ -239,19 +242,24 @@ class QtTrainPage(QWidget):
             elif isinstance(event, ev.RunStarted):
                 self._device = event.device
                 self.progress.setRange(0, max(event.max_steps, 1))
+                self._ask_predicted_peak(event)
             elif isinstance(event, ev.Progress):
                 self.progress.setFormat(event.message)
             elif isinstance(event, ev.Warning | ev.Error):
                 self._show_diagnostic(event)
             if not isinstance(event, ev.Step) or _log_step(event):
                 bar(event)
-        if self._last_step is not None:
-            self._show_progress(self._last_step)
+        if self._last_step is not None and not self._progress_timer.isActive():
+            self._progress_timer.start()
         if stream.lines:
             self.log_view.appendPlainText("\n".join(stream.lines))
 
     def _on_log(self, lines: list[str]) -> None:
         self.log_view.appendPlainText("\n".join(lines))
+
+    def _on_progress_timer(self) -> None:
+        if self._last_step is not None and self.controller.state != "finished":
+            self._show_progress(self._last_step)
 
     def _show_progress(self, s: ev.Step) -> None:
         total = max(s.max_steps, 1)
@@ -272,6 +280,9 @@ class QtTrainPage(QWidget):
             self.progress.setFormat(self.progress.format() + "  ·  stopping after this step…")
 
     def _on_finished(self, status: str) -> None:
+        self._progress_timer.stop()
+        if self._last_step is not None:
+            self._show_progress(self._last_step)
         self.progress.setRange(0, max(self.progress.maximum(), 1))
         text = {"completed": "completed", "stopped": "stopped (resume continues it)",
                 "failed": "failed", "interrupted": "interrupted (resume continues it)"}
@@ -279,10 +290,23 @@ class QtTrainPage(QWidget):
                                 f"{text.get(status, status)}")
         if status == "completed":
             self.progress.setValue(self.progress.maximum())
+        if self._last_step is not None:
+            self.eta_label.setText(f"elapsed {_duration(self._last_step.elapsed_s)}")
+        self._banners_after_run()
         self.resume_button.setEnabled(self._can_resume())
         actions, self._after_finish = self._after_finish, []
         for action in actions:
             action()
+
+    def _banners_after_run(self) -> None:
+        """Actions that stop the run make no sense once it has ended."""
+        for banner in self.banners.banners.values():
+            stop = banner.actions.get("Stop the run")
+            if stop is not None:
+                stop.hide()
+            keep = banner.actions.get("Stop and keep the best checkpoint")
+            if keep is not None:
+                keep.setText("Keep the best checkpoint")
 
     def _can_resume(self) -> bool:
         run_dir = self.controller.run_dir
@@ -300,13 +324,13 @@ class QtTrainPage(QWidget):
         if event.code == "divergence":
             banner = self.banners.show_banner(
                 "divergence", "warning", "The loss is diverging",
-                f"{event.message}. {ADVICE['divergence']}")
+                f"{_sentence(event.message)} {ADVICE['divergence']}")
             banner.add_action("Stop the run", self._on_stop)
             banner.add_action("Lower learning rate 10× and restart", self._on_lower_lr_restart)
         elif event.code == "overfitting":
             banner = self.banners.show_banner(
                 "overfitting", "warning", "The model is overfitting",
-                f"{event.message}. {ADVICE['overfitting']}")
+                f"{_sentence(event.message)} {ADVICE['overfitting']}")
             banner.add_action("Stop and keep the best checkpoint", self._on_keep_best)
         else:
             self.banners.show_banner(event.code or "warning", "warning", "Warning",
@@ -316,14 +340,14 @@ class QtTrainPage(QWidget):
         if event.code == "non_finite_loss":
             banner = self.banners.show_banner(
                 "non_finite_loss", "error", "The loss became NaN — the run stopped",
-                f"{event.message}. {ADVICE['non_finite_loss']}")
+                f"{_sentence(event.message)} {ADVICE['non_finite_loss']}")
             banner.add_action("Lower learning rate 10× and restart", self._on_lower_lr_restart)
         elif event.code == "cuda_oom":
             settings = oom_retry_settings(self._run_job(), cuda=self._device.startswith("cuda"))
             lines = ", ".join(describe_settings(settings))
             banner = self.banners.show_banner(
-                "cuda_oom", "error", "Out of GPU memory",
-                f"{ADVICE['cuda_oom']} Suggested: {lines}.")
+                "cuda_oom", "error", "Out of GPU memory — the run stopped",
+                f"{ADVICE['cuda_oom']} Retry with {lines}.")
             banner.add_action("Retry with these", self._on_retry_oom)
         else:
             advice = f" → {event.advice}" if event.advice else ""
@@ -379,6 +403,14 @@ class QtTrainPage(QWidget):
         self.log_view.appendPlainText(f"best checkpoint: {message}")
         self.banners.show_banner("best_kept", "info", "Best checkpoint", message.capitalize())
 
+    def _ask_predicted_peak(self, started: ev.RunStarted) -> None:
+        job, device = started.job, started.device
+        if not device.startswith("cuda"):
+            return  # the marker goes on the GPU gauges; the CPU has none
+        self.ctx.tasks.submit("train_predicted_peak", "Predicting peak memory",
+                              lambda: predicted_peak_gb(job, device),
+                              self.gauges.set_predicted_peak)
+
     # ------------------------------------------------------------------ background runs
     def _look_for_background_runs(self) -> None:
         runs_dir = self.job.job.output.runs_dir
@@ -429,6 +461,23 @@ class QtTrainPage(QWidget):
     def shutdown(self) -> None:
         """Stop the telemetry thread (tests and app quit)."""
         self.sampler.stop()
+
+
+def predicted_peak_gb(job: dict[str, Any], device: str) -> float | None:
+    """The advisor's expected peak (GiB) for a run's job, or None without an advisor."""
+    try:
+        from engine.advisor import predict_job_peak
+        from engine.config import job_from_dict
+
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        return float(predict_job_peak(job_from_dict(job), kind).gib()["expected_gb"])
+    except Exception:  # optional: the gauges work without the marker
+        return None
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return (text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")) if text else ""
 
 
 def _log_step(s: ev.Step) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -27,13 +28,14 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal
 from engine import events as ev
 from engine.config import JobConfig, save_job
 from engine.diagnostics import Diagnostics
-from gui.run_folders import RUNNING, parse_line, pid_alive, read_events, summarize_events
+from gui.run_folders import parse_line, pid_alive, quick_status
 
 CONSOLE_FILE = "console.log"
 STOP_FILE = "STOP"
 STOP_GRACE_S = 60.0  # a step of a big model on a slow GPU can take this long
 QUIT_GRACE_S = 15.0  # at quit the user waits: stop sooner
-MAX_BATCH = 2000  # events per signal while replaying a long run
+MAX_BATCH = 100  # events per signal while replaying a long run (a few ms of GUI work)
+IN_FLIGHT = 1  # batches sent but not yet handled by the GUI: the reader waits beyond this
 
 
 class EventReader(QThread):
@@ -44,14 +46,30 @@ class EventReader(QThread):
     come out as ``log_lines``.
     """
 
-    batch = Signal(list, list)  # events, other lines
+    batch = Signal(object, object)  # events, other lines (object: no per-item conversion)
 
     def __init__(self, path: Path, alive: Callable[[], bool], *, offset: int = 0,
-                 poll_ms: int = 50, parent: QObject | None = None) -> None:
+                 prelude: tuple[Path, int] | None = None, poll_ms: int = 50,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.path, self._alive, self.offset, self.poll_ms = path, alive, offset, poll_ms
+        self.prelude = prelude  # (file, size): replayed first, e.g. a resumed run's history
+        # Back-pressure: replaying a long run must not flood the GUI thread's queue.
+        self._credits = threading.Semaphore(IN_FLIGHT)
+
+    def consumed(self) -> None:
+        """The GUI handled one batch (called on the GUI thread)."""
+        self._credits.release()
+
+    def _send(self, events: list[ev.Event], other: list[str]) -> None:
+        while not self._credits.acquire(timeout=0.05):
+            if self.isInterruptionRequested():
+                return
+        self.batch.emit(events, other)
 
     def run(self) -> None:
+        if self.prelude is not None:
+            self._replay(*self.prelude)
         pending = b""
         while not self.isInterruptionRequested():
             alive = self._alive()  # asked before reading, so nothing written after is lost
@@ -66,6 +84,15 @@ class EventReader(QThread):
                 self.msleep(self.poll_ms)
         if pending.strip() and not self.isInterruptionRequested():
             self._emit([pending])
+
+    def _replay(self, path: Path, size: int) -> None:
+        with open(path, "rb") as fh:
+            data = fh.read(size)
+        lines = data.split(b"\n")
+        for i in range(0, len(lines), 4 * MAX_BATCH):
+            if self.isInterruptionRequested():
+                return
+            self._emit(lines[i: i + 4 * MAX_BATCH])
 
     def _read(self) -> bytes:
         try:
@@ -88,10 +115,10 @@ class EventReader(QThread):
             elif text.strip():
                 other.append(text)
             if len(events) >= MAX_BATCH:
-                self.batch.emit(events, other)
+                self._send(events, other)
                 events, other = [], []
         if events or other:
-            self.batch.emit(events, other)
+            self._send(events, other)
 
 
 class RunController(QObject):
@@ -107,8 +134,8 @@ class RunController(QObject):
     """
 
     reset = Signal(str)
-    events = Signal(list)
-    log = Signal(list)
+    events = Signal(object)  # list[Event]; object, so PySide passes the list as it is
+    log = Signal(object)  # list[str]
     state_changed = Signal(str)
     finished = Signal(str)
 
@@ -151,7 +178,7 @@ class RunController(QObject):
         run_dir = Path(run_dir or new_run_dir(job)).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         save_job(job, run_dir / "job.yaml")
-        self._show(run_dir, [])
+        self._show(run_dir)
         self._spawn(run_dir, resume=False)
         return run_dir
 
@@ -159,21 +186,24 @@ class RunController(QObject):
         """Continue ``run_dir`` from its last checkpoint; its curve continues."""
         self._require_idle()
         run_dir = Path(run_dir).resolve()
-        history = read_events(run_dir / ev.EVENTS_FILE)
-        self._show(run_dir, history)
-        self._spawn(run_dir, resume=True)
+        events = run_dir / ev.EVENTS_FILE
+        if run_dir == self.run_dir and self.history:
+            self._renew(run_dir)  # shown already: the curve just goes on
+            self._spawn(run_dir, resume=True)
+            return
+        self._show(run_dir)
+        self._spawn(run_dir, resume=True,
+                    prelude=(events, events.stat().st_size) if events.exists() else None)
 
     def attach(self, run_dir: str | Path) -> None:
         """Show ``run_dir``: replay its events file, then follow it while its process lives."""
         self._require_idle()
         run_dir = Path(run_dir).resolve()
-        self._show(run_dir, [])
-        summary = summarize_events(run_dir, read_events(run_dir / ev.EVENTS_FILE))
-        self._pid, self._pid_started = summary.pid, summary.started
-        live = summary.status == RUNNING
+        self._show(run_dir)
+        self._pid, self._pid_started, live = quick_status(run_dir / ev.EVENTS_FILE)
         self._set_state("running" if live else "finished")
         self._start_reader(run_dir / ev.EVENTS_FILE, 0,
-                           self._pid_is_alive if live else _never)
+                           self._attached_is_alive if live else _never)
 
     def command(self, run_dir: Path, *, resume: bool) -> list[str]:
         cmd = [sys.executable, "-m", "engine", "train", str(run_dir / "job.yaml"),
@@ -185,19 +215,21 @@ class RunController(QObject):
             raise RuntimeError("a run is already shown and active; stop or detach it first")
         self._stop_reader()
 
-    def _show(self, run_dir: Path, history: list[ev.Event]) -> None:
+    def _show(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.history = []
-        self.keep_in_background = False
         self._diagnostics = Diagnostics()
+        self._renew(run_dir)
+        self.reset.emit(str(run_dir))
+
+    def _renew(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.keep_in_background = False
         self._finished_seen = self._stop_requested = False
         self._proc, self._pid, self._pid_started, self._owned = None, 0, 0.0, False
-        self.reset.emit(str(run_dir))
-        if history:
-            self._on_batch(history, [])
-            self._finished_seen = False  # resuming: the old run_finished is history
 
-    def _spawn(self, run_dir: Path, *, resume: bool) -> None:
+    def _spawn(self, run_dir: Path, *, resume: bool,
+               prelude: tuple[Path, int] | None = None) -> None:
         (run_dir / STOP_FILE).unlink(missing_ok=True)
         console = run_dir / CONSOLE_FILE
         offset = console.stat().st_size if console.exists() else 0
@@ -207,10 +239,11 @@ class RunController(QObject):
                 stderr=subprocess.STDOUT, cwd=os.getcwd(), **_detached())
         self._pid, self._pid_started, self._owned = self._proc.pid, time.time(), True
         self._set_state("starting")
-        self._start_reader(console, offset, self._child_is_alive)
+        self._start_reader(console, offset, self._child_is_alive, prelude)
 
-    def _start_reader(self, path: Path, offset: int, alive: Callable[[], bool]) -> None:
-        self._reader = EventReader(path, alive, offset=offset)
+    def _start_reader(self, path: Path, offset: int, alive: Callable[[], bool],
+                      prelude: tuple[Path, int] | None = None) -> None:
+        self._reader = EventReader(path, alive, offset=offset, prelude=prelude)
         self._reader.batch.connect(self._on_reader_batch)
         self._reader.finished.connect(self._on_reader_finished)
         self._reader.start()
@@ -222,6 +255,10 @@ class RunController(QObject):
 
     def _pid_is_alive(self) -> bool:
         return pid_alive(self._pid, self._pid_started)
+
+    def _attached_is_alive(self) -> bool:
+        # A run of another session: follow it until it reports its end or its process dies.
+        return not self._finished_seen and self._pid_is_alive()
 
     # ------------------------------------------------------------------ stopping
     def stop(self, grace_s: float | None = None) -> None:
@@ -295,16 +332,20 @@ class RunController(QObject):
 
     # ------------------------------------------------------------------ events
     def _on_reader_batch(self, batch: list[ev.Event], lines: list[str]) -> None:
-        if self.sender() is self._reader:  # not a late batch of a reader already let go
+        reader = self._reader
+        if reader is not None and self.sender() is reader:  # not a reader already let go
             self._on_batch(batch, lines)
+            reader.consumed()
 
     def _on_batch(self, batch: list[ev.Event], lines: list[str]) -> None:
         out: list[ev.Event] = []
         for event in batch:
             out.append(event)
             out.extend(self._diagnostics.feed(event))
-            if isinstance(event, ev.RunStarted) and self.state == "starting":
-                self._set_state("running")
+            if isinstance(event, ev.RunStarted):
+                self._finished_seen = False  # a resumed run's old run_finished is history
+                if self.state == "starting":
+                    self._set_state("running")
             elif isinstance(event, ev.RunFinished):
                 self._finished_seen = True
         self.history.extend(out)

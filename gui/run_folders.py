@@ -87,6 +87,24 @@ def read_events(path: str | Path) -> list[ev.Event]:
     return [e for e in map(parse_line, lines) if e is not None]
 
 
+def quick_status(events_file: Path) -> tuple[int, float, bool]:
+    """(pid, started, running) of a run from its last ``run_started``, without parsing the
+    whole file (a long run's file has ~100k lines; this reads it as bytes in milliseconds)."""
+    try:
+        data = events_file.read_bytes()
+    except OSError:
+        return 0, 0.0, False
+    at = max(data.rfind(b'{"type": "run_started"'), data.rfind(b'{"type":"run_started"'))
+    if at < 0:
+        return 0, 0.0, False
+    end = data.find(b"\n", at)
+    event = parse_line(data[at: end if end >= 0 else None].decode("utf-8", "replace"))
+    if not isinstance(event, ev.RunStarted):
+        return 0, 0.0, False
+    finished = b'"type": "run_finished"' in data[at:] or b'"type":"run_finished"' in data[at:]
+    return event.pid, event.time, not finished and pid_alive(event.pid, event.time)
+
+
 def _events(run_dir: Path) -> list[ev.Event]:
     return read_events(run_dir / ev.EVENTS_FILE)
 
