@@ -160,6 +160,43 @@ def oom_retry_settings(job: dict[str, Any], *, cuda: bool = True) -> dict[str, A
     return out
 
 
+def advisor_retry_settings(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The advisor's recommendation for this GPU as a partial job, when it is safer than the
+    settings that ran out of memory (smaller micro-batch, checkpointing or a 4-bit base);
+    None without an advisor, a GPU or such a recommendation. Slow (builds the model on the
+    meta device): call it off the GUI thread.
+    """
+    try:
+        from engine.advisor import advise
+    except ImportError:
+        return None
+    t, d = job.get("training", {}), job.get("dataset", {})
+    batch, accum = int(t.get("batch_size", 4)), int(t.get("grad_accum", 1))
+    ckpt, method = bool(t.get("gradient_checkpointing")), job.get("method", {}).get("name")
+    try:
+        advice = advise(str(job.get("model", {}).get("source", "")),
+                        seq_len=int(d.get("max_length", 512)), batch_size=batch,
+                        grad_accum=accum, optimizer=str(t.get("optimizer", "adamw")),
+                        gradient_checkpointing=None)
+    except Exception:  # unknown model, bad value, ...: the heuristic stands
+        return None
+    rec = advice.get("recommendation") or {}
+    if advice.get("device") != "cuda" or not rec.get("method"):
+        return None
+    safer = (rec["batch_size"] < batch or (rec["gradient_checkpointing"] and not ckpt)
+             or (rec["method"] == "qlora" and method != "qlora"))
+    if not safer:
+        return None
+    out: dict[str, Any] = {"training": {"batch_size": rec["batch_size"],
+                                        "grad_accum": rec["grad_accum"],
+                                        "gradient_checkpointing": rec["gradient_checkpointing"]}}
+    if rec["method"] != method:
+        out["method"] = {"name": rec["method"]}
+    if rec["seq_len"] < int(d.get("max_length", 512)):
+        out["dataset"] = {"max_length": rec["seq_len"]}
+    return out
+
+
 def describe_settings(partial: dict[str, Any]) -> list[str]:
     """``section.key: value`` lines of a partial job, for a banner."""
     return [f"{section}.{key}: {_yaml_value(value)}" for section, keys in partial.items()

@@ -27,7 +27,13 @@ from PySide6.QtWidgets import (
 
 from engine import events as ev
 from engine.config import load_job
-from engine.diagnostics import ADVICE, describe_settings, keep_best_checkpoint, oom_retry_settings
+from engine.diagnostics import (
+    ADVICE,
+    advisor_retry_settings,
+    describe_settings,
+    keep_best_checkpoint,
+    oom_retry_settings,
+)
 from engine.errors import ConfigError, UserError
 from gui.qt_banners import QtBannerArea
 from gui.qt_gauges import QtGauges, TelemetrySampler
@@ -105,6 +111,7 @@ class QtTrainPage(QWidget):
         self._after_finish: list[Any] = []
         self._last_step: ev.Step | None = None
         self._device = ""
+        self._oom_settings: dict[str, Any] = {}
         self._build()
         # QProgressBar.setValue repaints at once: update the bar and ETA ~4 times a second.
         self._progress_timer = QTimer(self, singleShot=True, interval=250)
@@ -343,16 +350,27 @@ class QtTrainPage(QWidget):
                 f"{_sentence(event.message)} {ADVICE['non_finite_loss']}")
             banner.add_action("Lower learning rate 10× and restart", self._on_lower_lr_restart)
         elif event.code == "cuda_oom":
-            settings = oom_retry_settings(self._run_job(), cuda=self._device.startswith("cuda"))
-            lines = ", ".join(describe_settings(settings))
-            banner = self.banners.show_banner(
-                "cuda_oom", "error", "Out of GPU memory — the run stopped",
-                f"{ADVICE['cuda_oom']} Retry with {lines}.")
-            banner.add_action("Retry with these", self._on_retry_oom)
+            job = self._run_job()
+            self._show_oom(oom_retry_settings(job, cuda=self._device.startswith("cuda")))
+            if self._device.startswith("cuda"):
+                self.ctx.tasks.submit("train_oom_advice", "Asking the advisor",
+                                      lambda: advisor_retry_settings(job), self._on_oom_advice)
         else:
             advice = f" → {event.advice}" if event.advice else ""
             self.banners.show_banner(event.code or "error", "error", "The run failed",
                                      f"{event.message}{advice}")
+
+    def _show_oom(self, settings: dict[str, Any], source: str = "") -> None:
+        self._oom_settings = settings
+        lines = ", ".join(describe_settings(settings))
+        banner = self.banners.show_banner(
+            "cuda_oom", "error", "Out of GPU memory — the run stopped",
+            f"{ADVICE['cuda_oom']} Retry with {lines}{source}.")
+        banner.add_action("Retry with these", self._on_retry_oom)
+
+    def _on_oom_advice(self, settings: dict[str, Any] | None) -> None:
+        if settings and "cuda_oom" in self.banners.banners:
+            self._show_oom(settings, " (the advisor's recommendation for this GPU)")
 
     def _run_job(self) -> dict[str, Any]:
         started = next((e for e in reversed(self.controller.history)
@@ -387,8 +405,7 @@ class QtTrainPage(QWidget):
         self._restart_with({"training": {"learning_rate": lr / 10}})
 
     def _on_retry_oom(self) -> None:
-        self._restart_with(oom_retry_settings(self._run_job(),
-                                              cuda=self._device.startswith("cuda")))
+        self._restart_with(self._oom_settings)
 
     def _on_keep_best(self) -> None:
         if self.controller.is_active():

@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine import events as ev
 from engine.diagnostics import (
     Diagnostics,
+    advisor_retry_settings,
     best_checkpoint,
     describe_settings,
     keep_best_checkpoint,
@@ -111,3 +113,24 @@ def test_diagnostics_is_qt_free() -> None:
     code = "import sys, engine.diagnostics; print(any('PySide6' in m for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_advisor_retry_settings_uses_a_safer_recommendation(monkeypatch: Any) -> None:
+    import engine.advisor
+
+    job = {"model": {"source": "smollm2-135m-instruct"}, "method": {"name": "lora"},
+           "dataset": {"max_length": 512}, "training": {"batch_size": 8, "grad_accum": 1}}
+    rec = {"method": "qlora", "batch_size": 2, "grad_accum": 4, "seq_len": 512,
+           "gradient_checkpointing": True}
+    monkeypatch.setattr(engine.advisor, "advise",
+                        lambda *a, **k: {"device": "cuda", "recommendation": rec})
+    assert advisor_retry_settings(job) == {
+        "training": {"batch_size": 2, "grad_accum": 4, "gradient_checkpointing": True},
+        "method": {"name": "qlora"}}
+    same = {**rec, "method": "lora", "batch_size": 8, "gradient_checkpointing": False}
+    monkeypatch.setattr(engine.advisor, "advise",
+                        lambda *a, **k: {"device": "cuda", "recommendation": same})
+    assert advisor_retry_settings(job) is None  # not safer than what ran out of memory
+    monkeypatch.setattr(engine.advisor, "advise",
+                        lambda *a, **k: {"device": "cpu", "recommendation": rec})
+    assert advisor_retry_settings(job) is None  # no GPU: the heuristic stands
