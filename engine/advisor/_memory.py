@@ -53,6 +53,8 @@ class Setup:
     loss_chunks: int = 1  # >1: the loss is computed chunk by chunk (torchtune)
     full_master_fp32: bool = False  # full fine-tuning keeps fp32 weights (fp16 AMP)
     attention_mask: bool = True  # padded batches pass a mask (sdpa then repeats k and v)
+    fused_loss: bool = False  # a compiled/fused cross-entropy keeps no fp32 log-softmax
+    activation_offloading: bool = False  # checkpointed layer inputs wait in CPU memory
 
     @property
     def tokens(self) -> int:
@@ -224,13 +226,24 @@ def head_bytes_per_token(f: ModelFacts, s: Setup) -> float:
 
 
 def logits_saved_bytes(f: ModelFacts, s: Setup) -> float:
-    """The loss keeps log-softmax of the logits in fp32: tokens x vocab x 4 bytes."""
-    return s.tokens * f.vocab * 4
+    """The loss keeps log-softmax of the logits in fp32: tokens x vocab x 4 bytes.
+
+    A fused (compiled) loss keeps the 16-bit logits and recomputes the softmax instead.
+    """
+    return s.tokens * f.vocab * (s.dtype_bytes if s.fused_loss else 4)
 
 
 def logits_transient_bytes(f: ModelFacts, s: Setup) -> float:
-    """Buffers of the loss's backward (the NLL gradient and the log-softmax gradient)."""
-    return 8 * s.tokens * f.vocab / max(1, s.loss_chunks)
+    """Loss buffers beyond the saved log-softmax, at the worse of two moments.
+
+    In the backward: the NLL gradient and the log-softmax gradient (fp32, per chunk). At
+    the end of the forward: the 16-bit logits (all chunks) and one chunk's fp32 copy.
+    """
+    tv = s.tokens * f.vocab
+    n = max(1, s.loss_chunks)
+    if s.fused_loss:  # one chunk's fp32 gradient and its 16-bit cast
+        return (4 + s.dtype_bytes) * tv / n
+    return max(8 * tv / n, s.dtype_bytes * tv * (n > 1) + 4 * tv / n)
 
 
 def activation_bytes(f: ModelFacts, s: Setup, targets: list[Any]) -> float:
@@ -242,6 +255,8 @@ def activation_bytes(f: ModelFacts, s: Setup, targets: list[Any]) -> float:
     per_layer = layer_bytes_per_token(f, s, targets)
     if s.gradient_checkpointing:
         per_layer = s.dtype_bytes * f.hidden
+        if s.activation_offloading:  # only the layers in flight stay on the GPU
+            per_layer *= min(1.0, 2 / f.layers)
     extra_kv = 0.0
     if s.method == "prefix":  # the prefix's keys and values join every layer's attention
         extra_kv = s.batch_size * s.num_virtual_tokens * 2 * f.kv_heads * f.head_dim * 2
