@@ -161,11 +161,11 @@ def setup_classify(job: Any, tokenizer: Any) -> ClassifySetup:
 def load_classifier(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list[str]]:
     """(model, tokenizer, label names) of a finished classify run, ready for ``predict``."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from engine.config import load_job
     from engine.methods import get_method
-    from engine.models import load_model_dir, load_tokenizer
+    from engine.models import load_model_dir
 
     run_dir = Path(run_dir)
     job = load_job(run_dir / "job.yaml")
@@ -176,7 +176,7 @@ def load_classifier(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any,
     if not result.is_dir():
         raise UserError(f"run {run_dir} has no {spec.output_dir}/ folder (did it finish?)",
                         code="bad_run")
-    tokenizer = load_tokenizer(str(result))
+    tokenizer = AutoTokenizer.from_pretrained(result)
     if job.method.name == "full":
         model = AutoModelForSequenceClassification.from_pretrained(result, dtype=torch.float32)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]

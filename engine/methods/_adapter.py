@@ -19,12 +19,10 @@ and its 4-bit or 16-bit layers are left as they are.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
-
-import torch
-from torch import nn
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -41,28 +39,38 @@ SITES: tuple[tuple[str, tuple[str, ...]], ...] = (
 HEADS = ("score", "classifier")
 
 
-class Bottleneck(nn.Module):
-    """down-projection → GELU → up-projection, added to its input (up starts at zero)."""
+@functools.cache
+def bottleneck_class() -> type:
+    """The adapter module class (built on first use: importing this module needs no torch)."""
+    import torch
+    from torch import nn
 
-    def __init__(self, hidden: int, bottleneck: int) -> None:
-        super().__init__()
-        self.down = nn.Linear(hidden, bottleneck)
-        self.act = nn.GELU()
-        self.up = nn.Linear(bottleneck, hidden)
-        nn.init.normal_(self.down.weight, std=1e-2)
-        nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+    class Bottleneck(nn.Module):
+        """down-projection → GELU → up-projection, added to its input (up starts at zero)."""
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        # Adapters stay fp32 whatever the base's dtype: tiny, and stable to train.
-        x = h.to(self.down.weight.dtype)
-        return h + self.up(self.act(self.down(x))).to(h.dtype)
+        def __init__(self, hidden: int, bottleneck: int) -> None:
+            super().__init__()
+            self.down = nn.Linear(hidden, bottleneck)
+            self.act = nn.GELU()
+            self.up = nn.Linear(bottleneck, hidden)
+            nn.init.normal_(self.down.weight, std=1e-2)
+            nn.init.zeros_(self.down.bias)
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            # Adapters stay fp32 whatever the base's dtype: tiny, and stable to train.
+            x = h.to(self.down.weight.dtype)
+            return h + self.up(self.act(self.down(x))).to(h.dtype)
+
+    return Bottleneck
 
 
-def _layers(model: Any) -> list[nn.Module]:
+def _layers(model: Any) -> list[Any]:
     """The transformer layers: the longest ModuleList whose items hold an adaptable site."""
-    best: list[nn.Module] = []
+    from torch import nn
+
+    best: list[Any] = []
     for module in model.modules():
         if isinstance(module, nn.ModuleList) and len(module) > len(best):
             first = module[0] if len(module) else None
@@ -71,7 +79,7 @@ def _layers(model: Any) -> list[nn.Module]:
     return best
 
 
-def _site(layer: nn.Module, paths: tuple[str, ...]) -> nn.Module | None:
+def _site(layer: Any, paths: tuple[str, ...]) -> Any:
     for path in paths:
         try:
             return layer.get_submodule(path)
@@ -80,15 +88,15 @@ def _site(layer: nn.Module, paths: tuple[str, ...]) -> nn.Module | None:
     return None
 
 
-def _out_features(module: nn.Module) -> int:
+def _out_features(module: Any) -> int:
     n = getattr(module, "out_features", None) or getattr(module, "nf", None)
     if n is None:
         raise ValueError(f"cannot tell the width of {module.__class__.__name__}")
     return int(n)
 
 
-def _hook(adapter: Bottleneck) -> Any:
-    def add_adapter(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+def _hook(adapter: Any) -> Any:
+    def add_adapter(_module: Any, _inputs: Any, output: Any) -> Any:
         return adapter(output)
 
     return add_adapter
@@ -96,6 +104,8 @@ def _hook(adapter: Bottleneck) -> Any:
 
 def attach(model: Any, bottleneck_size: int) -> Any:
     """Freeze ``model`` and add adapters after every attention and feed-forward block."""
+    from torch import nn
+
     from engine.errors import ConfigError
 
     layers = _layers(model)
@@ -110,7 +120,7 @@ def attach(model: Any, bottleneck_size: int) -> Any:
         for name, paths in SITES:
             site = _site(layer, paths)
             assert site is not None  # _layers checked every site
-            adapter = Bottleneck(_out_features(site), bottleneck_size)
+            adapter = bottleneck_class()(_out_features(site), bottleneck_size)
             if device.type != "meta":
                 adapter.to(device)
             layer.add_module(name, adapter)
@@ -129,7 +139,7 @@ def apply(model: Any, cfg: Any, task: str) -> Any:
     return attach(model, cfg.bottleneck_size)
 
 
-def trained_state(model: Any) -> dict[str, torch.Tensor]:
+def trained_state(model: Any) -> dict[str, Any]:
     """The adapters' weights (and a classifier head's): what ``save`` writes."""
     return {n: p.detach().contiguous() for n, p in model.named_parameters()
             if p.requires_grad or "_adapter." in n}
@@ -154,6 +164,7 @@ def is_adapter_folder(folder: Path) -> bool:
 
 def load_trained(base: Any, folder: Path) -> Any:
     """Re-attach the saved adapters to ``base`` (which is modified and returned)."""
+    import torch
     from safetensors.torch import load_file
 
     from engine.errors import UserError
