@@ -131,3 +131,12 @@ def test_real_trainer_run(tiny_dir: Path, tmp_path: Path) -> None:
     assert [e for e in got if getattr(e, "code", "") == "memory_check_failed"] == []
     if cb.result is not None:  # None when an earlier test pushed the process's peak higher
         assert (cb.result["batch"], cb.result["tokens"]) == (2, 48)
+
+
+def test_classification_jobs_are_not_checked(tiny_dir: Path) -> None:
+    job = make_job(str(tiny_dir))
+    job.task = "classify"
+    got: list[events.Event] = []
+    cb = MemoryCheckCallback(job, got.append, check_after_steps=1)
+    run_check(cb)
+    assert got == [] and cb.result is None

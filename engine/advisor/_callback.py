@@ -59,6 +59,9 @@ class MemoryCheckCallback(TrainerCallback):
     # ------------------------------------------------------------------ trainer events
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if getattr(self.job, "task", "sft") != "sft":
+            self.done = True  # the advisor models causal language models only
+            return
         self._guard(self._begin, args, kwargs.get("model"))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
