@@ -130,10 +130,99 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- CUDA grid
+
+GRID_METHODS = ("full", "lora", "qlora", "dora")
+GRID_SHAPES = ((1, 256), (4, 256), (1, 1024), (4, 1024))
+
+
+def _grid_model(method: str, folder: str) -> Any:
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from engine.advisor._counts import peft_config
+
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": "cuda"}
+    if method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if method != "full":
+        model = get_peft_model(model, peft_config(method, model.config, MethodOptions()))
+    return model
+
+
+def _measure_one(method: str, folder: str, batch: int, seq: int, ckpt: bool) -> float:
+    """torch.cuda.max_memory_reserved over 3 steps of a real run (bytes)."""
+    import gc
+
+    import torch
+
+    model = _grid_model(method, folder)
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if method != "full":
+            model.enable_input_require_grads()
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(3):
+        ids = torch.randint(0, model.config.vocab_size, (batch, seq), device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    peak = float(torch.cuda.max_memory_reserved())
+    del model, opt, loss
+    gc.collect()
+    torch.cuda.empty_cache()
+    return peak
+
+
+def measure_cuda_grid(source: str = "smollm2-135m-instruct") -> list[dict[str, Any]]:
+    """Predicted vs measured reserved memory on this machine's GPU, for the default model."""
+    from engine.advisor import resolve_model
+    from engine.models import load_model_dir
+
+    folder = str(load_model_dir(source))
+    config = resolve_model(source).config
+    facts = model_facts(config)
+    rows = []
+    for method in GRID_METHODS:
+        counts = method_counts(config, method, MethodOptions())
+        for batch, seq in GRID_SHAPES:
+            for ckpt in (False, True):
+                s = Setup(method=method, batch_size=batch, seq_len=seq,
+                          gradient_checkpointing=ckpt, attention_mask=False)
+                predicted = estimate(facts, counts, s).compared
+                measured = _measure_one(method, folder, batch, seq, ckpt)
+                rows.append({"method": method, "batch": batch, "seq": seq, "ckpt": ckpt,
+                             "predicted_gib": round(predicted / GIB, 3),
+                             "measured_gib": round(measured / GIB, 3),
+                             "error": round(predicted / measured - 1, 4)})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--measure-cuda", action="store_true",
+                        help="also run the CUDA grid on the default model (needs a GPU)")
     args = parser.parse_args(argv)
+    if args.measure_cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --measure-cuda needs a CUDA GPU", file=sys.stderr)
+            return 2
+        measure_cuda_grid()
+        return 0
     rows = [predict(row) for row in PUBLISHED]
     print(json.dumps(rows, indent=2) if args.json else markdown(rows))
     return 0
