@@ -155,14 +155,46 @@ def load_model_dir(source: str, emit: EventSink | None = None) -> str:
             f"model {source!r} is not a built-in default, a model folder, a .gguf file "
             "or a hub id",
             f"built-in defaults: {', '.join(DEFAULT_MODELS)}", code="bad_model")
+    go_offline_unless_hub_reachable()
     return source  # a hub id: transformers downloads and caches it
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub (instead of a minute of retries when offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def go_offline_unless_hub_reachable() -> None:
+    """Offline, hub ids still load from the local HF cache; anything else fails at once."""
+    if hub_reachable():
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True
+
+
 def _hub_error(source: str, exc: Exception) -> UserError:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return UserError(
+            f"model {source!r} is not in the local cache and the hub cannot be reached "
+            "(this machine is offline)",
+            "go online once to download it, or pick a local folder, a .gguf file or a "
+            f"built-in default ({', '.join(DEFAULT_MODELS)})", code="model_unreachable")
     return UserError(
-        f"model {source!r} could not be loaded from the hub ({type(exc).__name__}); "
-        "this machine may be offline or the id may be wrong",
-        "check the id, go online once, or pick a local folder or a built-in default",
+        f"model {source!r} could not be loaded from the hub ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0][:200]})",
+        "check the id (owner/name), or pick a local folder or a built-in default",
         code="model_unreachable")
 
 

@@ -95,3 +95,10 @@ def test_train_streams_only_json_on_stdout(tiny_llama_dir: Path, chat_jsonl: Pat
     types = [json.loads(line)["type"] for line in lines]  # every stdout line is an event
     assert types[-1] == "run_finished" and types.count("step") == 2
     assert (run_dir / "events.jsonl").read_text().splitlines() == lines
+
+
+def test_hub_id_offline_fails_fast_with_advice() -> None:
+    proc = engine("data", "resources/datasets/pirate-persona.jsonl", "--model",
+                  "SomeOrg/some-model-that-is-not-cached")
+    _one_clear_message(proc, "SomeOrg/some-model-that-is-not-cached")
+    assert "offline" in proc.stderr or "could not be loaded" in proc.stderr

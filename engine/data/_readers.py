@@ -127,6 +127,9 @@ def dataset_files(path: Path) -> list[Path]:
 
 
 def _read_hub(dataset_id: str, split: str) -> list[Row]:
+    from engine.models import go_offline_unless_hub_reachable
+
+    go_offline_unless_hub_reachable()
     try:
         import datasets
 
