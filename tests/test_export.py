@@ -445,14 +445,38 @@ def test_refuses_when_disk_is_too_full(lora_run: Path, tmp_path: Path,
 
 def test_failure_leaves_nothing_behind(lora_run: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.cli import main
-    from engine.export import ExportCheckFailed, _merge, export_run
+    from peft.tuners.lora import LoraModel
 
-    monkeypatch.setattr(_merge, "MERGE_TOLERANCE", -1.0)  # every merge now "fails" its check
-    with pytest.raises(ExportCheckFailed):
+    from engine.cli import main
+    from engine.export import ExportCheckFailed, export_run
+
+    merge = LoraModel.merge_and_unload
+
+    def wrong_merge(self: Any, *args: Any, **kwargs: Any) -> Any:
+        model = merge(self, *args, **kwargs)
+        with torch.no_grad():
+            model.model.layers[0].mlp.down_proj.weight.add_(0.05)
+        return model
+
+    monkeypatch.setattr(LoraModel, "merge_and_unload", wrong_merge)
+    with pytest.raises(ExportCheckFailed, match="float64"):
         export_run(lora_run, tmp_path / "out", merge=True)
     assert main(["export", str(lora_run), "--out", str(tmp_path / "out"), "--merge"]) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fp32_rounding_is_told_from_a_wrong_merge(lora_run: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the fp32 tolerance, a float64 re-check decides (deep models drift by ~1e-4)."""
+    from engine.export import _merge, export_run
+
+    monkeypatch.setattr(_merge, "MERGE_TOLERANCE", -1.0)  # force the re-check
+    [result] = export_run(lora_run, tmp_path / "out", merge=True)
+    assert any("rounding" in n and "float64" in n for n in result.notes)
+    monkeypatch.setattr(_merge, "FP64_RECHECK_MAX_PARAMS", 0)  # too big to re-check: fail
+    with pytest.raises(_merge.ExportCheckFailed):
+        export_run(lora_run, tmp_path / "out2", merge=True)
+    assert not (tmp_path / "out2").exists()
 
 
 def test_cli_events_stdout(lora_run: Path, tmp_path: Path,
