@@ -102,3 +102,18 @@ def test_hub_id_offline_fails_fast_with_advice() -> None:
                   "SomeOrg/some-model-that-is-not-cached")
     _one_clear_message(proc, "SomeOrg/some-model-that-is-not-cached")
     assert "offline" in proc.stderr or "could not be loaded" in proc.stderr
+
+
+def test_engine_never_loads_qt_in_a_fresh_interpreter() -> None:
+    code = ("import sys, importlib, pkgutil, engine\n"
+            "names = [m.name for m in pkgutil.walk_packages(engine.__path__, 'engine.')\n"
+            "         if not m.name.endswith('__main__')]\n"
+            "assert len(names) > 20, names\n"
+            "for name in names:\n"
+            "    importlib.import_module(name)\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('PySide6', 'pyqtgraph', 'superqt', 'gui')]\n"
+            "print(bad); sys.exit(1 if bad else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
