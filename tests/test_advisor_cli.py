@@ -120,6 +120,7 @@ def test_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "qlora" in out and "Recommended: lora" in out and "expected" in out
 
 
+@pytest.mark.integration  # a fresh interpreter imports torch, transformers and peft
 def test_cli_subprocess_without_gpu(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "engine", "advise", "--model", "smollm2-135m-instruct",
