@@ -224,3 +224,44 @@ def test_activations_of_the_real_default_model() -> None:
     predicted = predicted_saved(config, "lora", opts, 1, 96,
                                 attn_implementation=config._attn_implementation or "sdpa")
     assert predicted == pytest.approx(measured, rel=0.20)
+
+
+def _quantized_bytes(model: Any) -> int:
+    """Bytes of every parameter, with the 4-bit weights' quantization state."""
+    total, seen = 0, set()
+    for p in model.parameters():
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        total += p.numel() * p.element_size()
+        qs = getattr(p, "quant_state", None)
+        if qs is None:
+            continue
+        total += _tensor_bytes([qs.absmax, qs.code])
+        if qs.state2 is not None:  # double quantization: the absmax's own absmax and code
+            total += _tensor_bytes([qs.state2.absmax, qs.state2.code])
+    return total
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_qlora_weights_match_a_real_4bit_model(double_quant: bool, tmp_path: Any) -> None:
+    pytest.importorskip("bitsandbytes")
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    config = tiny_config(hidden_size=512, intermediate_size=1024, num_attention_heads=8,
+                         num_key_value_heads=4, vocab_size=1000)
+    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                               bnb_4bit_use_double_quant=double_quant,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quant,
+                                                 device_map="cpu", dtype=torch.bfloat16)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    opts = MethodOptions(r=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(model, peft_config("qlora", config, opts))
+    predicted = mem.weight_bytes(model_facts(config), method_counts(config, "qlora", opts),
+                                 Setup(method="qlora", double_quant=double_quant, r=8))
+    assert predicted == pytest.approx(_quantized_bytes(model), rel=0.01)
