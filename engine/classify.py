@@ -161,11 +161,12 @@ def setup_classify(job: Any, tokenizer: Any) -> ClassifySetup:
 def load_classifier(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list[str]]:
     """(model, tokenizer, label names) of a finished classify run, ready for ``predict``."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from engine.config import load_job
     from engine.methods import get_method
     from engine.models import load_model_dir
+    from engine.training import load_base, resolve_precision
 
     run_dir = Path(run_dir)
     job = load_job(run_dir / "job.yaml")
@@ -182,12 +183,11 @@ def load_classifier(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any,
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return model.to(device).eval(), tokenizer, labels
     labels = saved_labels(result)
-    folder = load_model_dir(job.model.source)
-    config = AutoConfig.from_pretrained(folder, **label_kwargs(labels),
-                                        pad_token_id=tokenizer.pad_token_id)
-    base = AutoModelForSequenceClassification.from_pretrained(folder, config=config,
-                                                              dtype=torch.float32)
-    model = spec.load_trained(base.to(device), result)
+    # The base exactly as training loaded it (4-bit for QLoRA), with one output per label.
+    base = load_base(job, load_model_dir(job.model.source), device,
+                     resolve_precision("fp32", device), spec.quantized_base,
+                     {**label_kwargs(labels), "pad_token_id": tokenizer.pad_token_id})
+    model = spec.load_trained(base, result)
     return model.eval(), tokenizer, labels
 
 

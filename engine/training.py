@@ -104,7 +104,9 @@ def load_base(job: JobConfig, folder: str, device: str, precision: Precision,
             compute = torch.float16
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=job.method.double_quant, bnb_4bit_compute_dtype=compute)
+            bnb_4bit_use_double_quant=job.method.double_quant, bnb_4bit_compute_dtype=compute,
+            # a new classifier head trains in full: it must stay a plain layer
+            llm_int8_skip_modules=["classifier", "score"] if job.task == "classify" else None)
         kwargs["device_map"] = {"": device if device != "cuda" else 0}
     try:
         model = auto.from_pretrained(folder, **kwargs)
