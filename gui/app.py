@@ -24,6 +24,7 @@ def create_app(app: QApplication, *, theme: str = "system",
     if theme == "system":
         follow_system_theme(app)
     ctx = create_context(settings or AppSettings(), parent=app)
+    ctx.tasks.hold()  # the window releases it once it has painted
     app.aboutToQuit.connect(ctx.tasks.shutdown)
     return ctx
 

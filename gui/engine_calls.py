@@ -176,9 +176,11 @@ def architecture_map(source: str, method: MethodConfig) -> dict[str, Any]:
     if _has("engine.explain", "explain"):
         from engine.explain import explain
 
-        result = explain(source, method.name)
-        if isinstance(result, dict) and "tree" in result:
-            return result
+        report = explain(source, method.name, method)
+        totals = report["totals"]
+        return {"tree": _from_engine(report["tree"], None), "trainable": totals["trainable_params"],
+                "total": totals["params"], "note": _method_note(method.name),
+                "source": "engine.explain"}
     model = _apply_method(_meta_model(_config(source)), method)
     tree = _root_node(model)
     return {"tree": tree, "trainable": tree["trainable"], "total": tree["params"],
@@ -233,6 +235,25 @@ def _peft_config(model: Any, method: MethodConfig) -> Any:
         return peft.PromptTuningConfig(num_virtual_tokens=method.num_virtual_tokens,
                                        task_type=task)
     return None  # adapter: not a peft method; the engine adds it
+
+
+def _from_engine(node: dict[str, Any], parent: str | None) -> dict[str, Any]:
+    """``engine.explain``'s node (dotted names) as the map's node: short names, modules without
+    parameters left out, and a lone child folded into its parent (``lora_A.default``).
+
+    ``parent`` is None for the root, whose children's names are relative to "".
+    """
+    path = node["name"]
+    short = path[len(parent) + 1:] if parent and path.startswith(parent + ".") else path
+    children = [_from_engine(c, path if parent is not None else "") for c in node["children"]
+                if c["params"] or c.get("shared_with")]
+    out = {"name": short, "type": node["type"], "params": node["params"],
+           "trainable": node["trainable_params"], "added": bool(node.get("added")),
+           "shared_with": node.get("shared_with"), "children": children}
+    own = out["params"] - sum(c["params"] for c in children)
+    if len(children) == 1 and not own and parent:
+        return {**children[0], "name": f"{short}.{children[0]['name']}"}
+    return out
 
 
 def _root_node(model: Any) -> dict[str, Any]:

@@ -53,4 +53,5 @@ def _header(text: str) -> str:
         if not line.startswith("#"):
             break
         lines.append(line[1:].strip())
-    return " ".join(lines).removeprefix("Preset: ")
+    text = " ".join(lines).removeprefix("Preset: ")
+    return text[:1].upper() + text[1:]

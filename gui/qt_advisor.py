@@ -27,9 +27,11 @@ DEFAULT_PLAN_GB = 12.0
 class QtAdvisor(QWidget):
     method_clicked = Signal(str)
 
-    def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
+    def __init__(self, ctx: AppContext, labels: dict[str, str] | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.job, self.tasks, self.settings = ctx.job, ctx.tasks, ctx.settings
+        self.labels = labels or {}
         self.result: dict[str, Any] = {}
         self.gpus: list[dict[str, Any]] = []
         group, inner = card("Resource advisor")
@@ -123,12 +125,12 @@ class QtAdvisor(QWidget):
         for name in METHODS:
             m = result.get("methods", {}).get(name)
             if m:
-                rows.append(_memory_row(name, m, vram))
+                rows.append(_memory_row(name, self.labels.get(name, name), m, vram))
         self.bars.set_rows(rows, vram)
-        self.status.setText("Predicted peak memory (bar: expected, line: low–high). "
-                            "Click a row to choose that method.")
+        self.status.setText("Predicted peak memory — bar: expected, whisker: low–high. "
+                            "Click a row to choose.")
         rec = result.get("recommendation") or {}
-        self.recommendation.setText(_recommendation_text(rec))
+        self.recommendation.setText(_recommendation_text(rec, self.labels))
         self.apply_button.setEnabled(bool(rec.get("method")))
 
     def _on_advice_failed(self, exc: BaseException) -> None:
@@ -165,19 +167,20 @@ def _gpu_text(gpu: dict[str, Any]) -> str:
     return f"<b>{gpu.get('name', 'GPU')}</b> · {total:.1f} GB ({free:.1f} GB free)"
 
 
-def _memory_row(name: str, m: dict[str, Any], vram: float) -> MemoryRow:
+def _memory_row(name: str, label: str, m: dict[str, Any], vram: float) -> MemoryRow:
     low, expected, high = (float(m.get(k) or 0) for k in ("low_gb", "expected_gb", "high_gb"))
     fits = m.get("fits")
     status = fits if fits in ("fits", "tight", "won't fit") else status_for(
         low, expected, high, vram)
-    return MemoryRow(name, name, low, expected, high, status)
+    return MemoryRow(name, label, low, expected, high, status)
 
 
-def _recommendation_text(rec: dict[str, Any]) -> str:
+def _recommendation_text(rec: dict[str, Any], labels: dict[str, str]) -> str:
     if not rec.get("method"):
         return rec.get("reason") or ""
     ckpt = "on" if rec.get("gradient_checkpointing") else "off"
     settings = (f"batch {rec.get('batch_size')} × accumulation {rec.get('grad_accum')}, "
                 f"{rec.get('seq_len')} tokens, checkpointing {ckpt}")
-    return (f"Recommended: <b>{rec['method']}</b> — {settings}.<br>"
+    name = labels.get(rec["method"], rec["method"])
+    return (f"Recommended: <b>{name}</b> — {settings}. "
             f"<span>{rec.get('reason', '')}</span>")

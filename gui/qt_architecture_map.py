@@ -40,11 +40,12 @@ class QtArchitectureMap(QWidget):
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Module", "Type", "Parameters", "Trained"])
         self.tree.setUniformRowHeights(True)
+        self.tree.setIndentation(14)
         header = self.tree.header()
         header.setStretchLastSection(False)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for col in (1, 2, 3):
+        for col in (0, 2, 3):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)  # the type elides
         inner.addWidget(self.tree, 1)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -95,8 +96,14 @@ class QtArchitectureMap(QWidget):
 
 def _item(node: dict[str, Any]) -> QTreeWidgetItem:
     trained = node.get("trainable", 0)
-    item = QTreeWidgetItem([node["name"], node.get("type", ""), human_count(node["params"]),
-                            human_count(trained) if trained else ""])
+    kind = node.get("type", "")
+    if node.get("shared_with"):
+        kind = f"{kind} (shares {node['shared_with'].rsplit('.', 1)[-1]})"
+    mark = "  + added" if node.get("added") else ""
+    item = QTreeWidgetItem([node["name"], kind, human_count(node["params"]),
+                            (human_count(trained) + mark) if trained else ""])
+    if node.get("added"):
+        item.setToolTip(0, "Added by the method; the base model's weights stay as they are")
     if trained:
         brush = QBrush(QColor(trained_background()))
         font = QFont()

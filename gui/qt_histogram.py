@@ -63,4 +63,4 @@ class QtLengthHistogram(QWidget):
                 self.plot.addItem(bar)
                 self._bars.append(bar)
         self.plot.setXRange(0, top, padding=0)
-        self.plot.setYRange(0, max(counts.max(), 1) * 1.15, padding=0)
+        self.plot.setYRange(0, max(counts.max(), 1) * 1.12, padding=0.03)

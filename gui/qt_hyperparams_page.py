@@ -104,7 +104,7 @@ class QtHyperparamsPage(QWidget):
         self.advanced_hint.setWordWrap(True)
         self.advanced_hint.setStyleSheet("color: palette(placeholder-text);")
         inner.addWidget(self.advanced_hint)
-        inner.addStretch(1)
+        inner.addStretch(0)  # takes the space only while the settings are hidden
         self.advanced_group = group
         return group
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence, QShowEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -25,6 +25,7 @@ from gui import job_files
 from gui.pages import PAGES, AppContext, page_spec
 
 BUSY_DELAY_MS = 1000  # show the busy indicator only for waits longer than a second
+RELEASE_TASKS_MS = 100  # start queued engine calls this long after the first paint
 
 
 class QtMainWindow(QMainWindow):
@@ -237,6 +238,11 @@ class QtMainWindow(QMainWindow):
             self.busy_label.setText(self.ctx.tasks.message())
             self.busy_label.show()
             self.busy_bar.show()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        # Engine calls queued while the window was built start once it is on screen.
+        QTimer.singleShot(RELEASE_TASKS_MS, self.ctx.tasks.release)
 
     def shutdown(self) -> None:
         """Stop what pages run in the background (threads, timers): tests and app quit."""

@@ -11,7 +11,8 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from gui.theme import FITS, TIGHT, WONT_FIT
 
 STATUS_COLORS = {"fits": FITS, "tight": TIGHT, "won't fit": WONT_FIT}
-ROW_H = 22
+ROW_H = 20
+TOP = 16  # room for the VRAM label above the rows
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class QtMemoryBars(QWidget):
 
     def set_rows(self, rows: list[MemoryRow], vram: float) -> None:
         self.rows, self.vram = rows, vram
-        self.setFixedHeight(ROW_H * max(len(rows), 1) + 22)
+        self.setFixedHeight(ROW_H * max(len(rows), 1) + TOP + 2)
         self.update()
 
     def set_selected(self, key: str) -> None:
@@ -70,7 +71,7 @@ class QtMemoryBars(QWidget):
         x0, x1 = label_w, self.width() - status_w
         scale = (x1 - x0) / self._scale_max()
         for i, row in enumerate(self.rows):
-            self._paint_row(p, fm, i * ROW_H, row, x0, x1, scale, pal)
+            self._paint_row(p, fm, TOP + i * ROW_H, row, x0, x1, scale, pal)
         self._paint_vram(p, fm, x0, x1, scale, pal)
         p.end()
 
@@ -100,15 +101,15 @@ class QtMemoryBars(QWidget):
         if not self.vram:
             return
         x = x0 + self.vram * scale
-        bottom = ROW_H * len(self.rows)
+        bottom = TOP + ROW_H * len(self.rows)
         p.setPen(QPen(pal.color(QPalette.ColorRole.Text), 2, Qt.PenStyle.DashLine))
-        p.drawLine(int(x), 0, int(x), bottom + 4)
+        p.drawLine(int(x), TOP - 2, int(x), bottom)
         label = f"{self.vram:g} GB VRAM"
         lx = min(max(x - fm.horizontalAdvance(label) / 2, x0), x1 - fm.horizontalAdvance(label))
-        p.drawText(int(lx), bottom + 18, label)
+        p.drawText(int(lx), fm.ascent(), label)
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
-        index = int(event.position().y() // ROW_H)
+        index = int((event.position().y() - TOP) // ROW_H)
         if 0 <= index < len(self.rows):
             self.row_clicked.emit(self.rows[index].key)
 

@@ -42,6 +42,11 @@ _KNOWN = {k for keys in METHOD_KEYS.values() for k in keys}
 SHARE_KEYS = {"", "model.source"}
 
 
+def _short_label(label: str) -> str:
+    return {"Full fine-tuning": "Full", "Bottleneck adapter": "Adapter",
+            "Adapters (bottleneck)": "Adapter"}.get(label, label.replace(" tuning", ""))
+
+
 def _yes_no(flag: bool) -> str:
     return "✓" if flag else "—"
 
@@ -66,12 +71,13 @@ class QtMethodPage(QWidget):
         splitter.addWidget(self._left_column())
         right = QSplitter(Qt.Orientation.Vertical)
         right.setChildrenCollapsible(False)
-        self.advisor = QtAdvisor(ctx)
+        short = {name: _short_label(info["label"]) for name, info in self.methods.items()}
+        self.advisor = QtAdvisor(ctx, short)
         self.advisor.method_clicked.connect(self._on_method_clicked)
         self.arch_map = QtArchitectureMap(ctx)
         right.addWidget(self.advisor)
         right.addWidget(self.arch_map)
-        right.setSizes([330, 300])
+        right.setSizes([360, 280])
         splitter.addWidget(right)
         splitter.setSizes([470, 570])
         layout.addWidget(splitter, 1)

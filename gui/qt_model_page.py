@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt
@@ -45,6 +46,14 @@ def human_count(n: Any) -> str:
     return str(int(n))
 
 
+def _described_size(description: str) -> float | None:
+    """'… 22M parameters …' → 22e6, for built-ins the catalog does not list."""
+    match = re.search(r"(\d+(?:\.\d+)?)([MB]) parameters", description)
+    if match is None:
+        return None
+    return float(match.group(1)) * (1e6 if match.group(2) == "M" else 1e9)
+
+
 def _fact_text(key: str, value: Any) -> str:
     if value in (None, ""):
         return "—"
@@ -67,7 +76,7 @@ class QtModelPage(QWidget):
         layout.addWidget(self._source_card())
         body = QHBoxLayout()
         body.setSpacing(12)
-        body.addWidget(self._catalog_card(), 3)
+        body.addWidget(self._catalog_card(), 5)
         body.addWidget(self._facts_card(), 2)
         layout.addLayout(body, 1)
         self.job.changed.connect(self._on_job_changed)
@@ -114,37 +123,50 @@ class QtModelPage(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(True)
+        self.table.setWordWrap(False)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for col in (1, 2, 3, 4):
+        for col in (0, 1, 2, 4):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-        self._fill_catalog()
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._fill_catalog([])
+        self.tasks.submit("catalog", "Reading the model catalog…", engine_calls.list_catalog,
+                          self._on_catalog_ready)
         self.table.itemSelectionChanged.connect(self._on_catalog_selected)
         inner.addWidget(self.table)
         return group
 
-    def _catalog_rows(self) -> list[tuple[str, str, Any, Any, str, str]]:
+    def _catalog_rows(self, catalog: list[dict[str, Any]]
+                      ) -> list[tuple[str, str, Any, Any, str, str]]:
         """(display, source, params, context, license, origin) for defaults then the catalog."""
         rows = []
-        entries = {e["name"]: e for e in engine_calls.list_catalog()}
+        entries = {e["name"]: e for e in catalog}
         for name, default in DEFAULT_MODELS.items():
             entry = entries.pop(name, {})
             label = entry.get("display_name") or default.description.split(" (")[0]
-            rows.append((f"★ {label}", name, entry.get("params"), entry.get("context_length"),
-                         default.license, "built-in, offline"))
+            params = entry.get("params") or _described_size(default.description)
+            rows.append((f"★ {label}", name, params, entry.get("context_length"),
+                         default.license, "built-in (offline)"))
         for entry in entries.values():
             rows.append((entry["display_name"], entry["hub_id"], entry.get("params"),
                          entry.get("context_length"), entry.get("license", ""), entry["hub_id"]))
         return rows
 
-    def _fill_catalog(self) -> None:
-        rows = self._catalog_rows()
+    def _on_catalog_ready(self, catalog: list[dict[str, Any]]) -> None:
+        self._fill_catalog(catalog)
+        self._select_row(self.job.job.model.source)
+
+    def _fill_catalog(self, catalog: list[dict[str, Any]]) -> None:
+        """The built-in defaults at once; the catalog (a YAML file) once a worker read it."""
+        rows = self._catalog_rows(catalog)
         self.table.setRowCount(len(rows))
         for r, (label, source, params, context, lic, origin) in enumerate(rows):
             cells = (label, human_count(params), human_count(context), lic or "—", origin)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, source)
+                item.setToolTip(text)
                 if c in (1, 2):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight
                                           | Qt.AlignmentFlag.AlignVCenter)

@@ -67,6 +67,18 @@ class TaskRunner(QObject):
         self._pending: dict[int, _Pending] = {}
         self._latest: dict[str, int] = {}
         self._closed = False
+        self._held: list[_Runnable] | None = None
+
+    def hold(self) -> None:
+        """Queue tasks without running them (until :meth:`release`): keeps the worker's heavy
+        imports from competing with the window's first paint for the CPU and the GIL."""
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for runnable in held:
+            self._pool.start(runnable)
 
     def shutdown(self, msecs: int = 30000) -> bool:
         """Accept no new tasks and wait for the running one (app quit, tests)."""
@@ -82,7 +94,11 @@ class TaskRunner(QObject):
         ident = next(self._ids)
         self._pending[ident] = _Pending(channel, message, on_done, on_error)
         self._latest[channel] = ident
-        self._pool.start(_Runnable(ident, fn, self._signals, self._is_current))
+        runnable = _Runnable(ident, fn, self._signals, self._is_current)
+        if self._held is not None:
+            self._held.append(runnable)
+        else:
+            self._pool.start(runnable)
         self.busy_changed.emit(True, message)
         return ident
 

@@ -59,11 +59,21 @@ def system_prefers_dark() -> bool:
     return hints.colorScheme() == Qt.ColorScheme.Dark
 
 
+# Cards: a rounded frame with the title set into its top edge.
+STYLE_SHEET = """
+QGroupBox { border: 1px solid palette(mid); border-radius: 6px; margin-top: 10px;
+            padding-top: 8px; }
+QGroupBox::title { subcontrol-origin: margin; subcontrol-position: top left; left: 10px;
+                   padding: 0 4px; font-weight: 600; }
+"""
+
+
 def apply_theme(app: QApplication, dark: bool | None = None) -> None:
     """Fusion with a light or dark palette; ``dark=None`` follows the system."""
     app.setStyle("Fusion")
     dark = system_prefers_dark() if dark is None else dark
     app.setPalette(_dark_palette() if dark else _light_palette())
+    app.setStyleSheet(STYLE_SHEET)
     app.setProperty("tunesmith_dark", dark)
 
 

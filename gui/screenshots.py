@@ -1,0 +1,123 @@
+"""Regenerate docs/screenshots/*.png: every page at 1280×800, light theme (and dark Method).
+
+    python -m gui.screenshots [--out docs/screenshots]
+
+Needs a display: run it under Xvfb (``xvfb-run -s "-screen 0 1600x1000x24" python -m
+gui.screenshots``); without $DISPLAY it re-runs itself that way when xvfb-run is installed.
+Uses the offline default model and the demo dataset, and waits for every engine call to finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE = (1280, 800)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gui.screenshots")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
+    parser.add_argument("--pages", nargs="*", help="only these page keys")
+    return parser.parse_args(argv)
+
+
+def _under_xvfb(argv: list[str]) -> int:
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        print("no $DISPLAY and no xvfb-run: install xvfb or run on a desktop", file=sys.stderr)
+        return 2
+    cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m", "gui.screenshots",
+           *argv]
+    return subprocess.call(cmd, cwd=ROOT)
+
+
+def _settle(app, ctx, quiet_s: float = 1.5, timeout_s: float = 240) -> None:  # type: ignore[no-untyped-def]
+    """Process events until no engine call has run for ``quiet_s`` seconds."""
+    end = time.monotonic() + timeout_s
+    quiet_since = time.monotonic()
+    while time.monotonic() < end:
+        app.processEvents()
+        if ctx.tasks.is_busy():
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > quiet_s:
+            return
+        time.sleep(0.02)
+
+
+def _shoot(app, ctx, window, name: str, out: Path) -> None:  # type: ignore[no-untyped-def]
+    _settle(app, ctx)
+    window.repaint()
+    app.processEvents()
+    path = out / f"{name}.png"
+    window.grab().save(str(path))
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+def _demo_job(ctx) -> None:  # type: ignore[no-untyped-def]
+    ctx.job.update({"name": "pirate-persona", "model": {"source": "smollm2-135m-instruct"},
+                    "dataset": {"path": "resources/datasets/pirate-persona.jsonl",
+                                "max_length": 256}})
+
+
+def run(args: argparse.Namespace) -> int:
+    from PySide6.QtWidgets import QApplication
+
+    from gui.app import create_app
+    from gui.pages import PAGES
+    from gui.qt_main_window import QtMainWindow
+    from gui.settings import AppSettings
+    from gui.theme import apply_theme
+
+    os.chdir(ROOT)  # the demo dataset path is relative, as users write it
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    settings = AppSettings(str(Path(tempfile.mkdtemp()) / "settings.ini"))
+    settings.set_value("advisor/vram_gb", 8.0)
+    ctx = create_app(app, theme="light", settings=settings)
+    _demo_job(ctx)
+    window = QtMainWindow(ctx)
+    window.resize(*SIZE)
+    window.show()
+    order = [p.key for p in PAGES]
+    for key in args.pages or order:
+        index = order.index(key) + 1  # file names keep the flow's order
+        window.show_page(key)
+        _shoot(app, ctx, window, f"{index:02d}-{key}", out)
+        if key == "hyperparameters":
+            page = window.page(key)
+            page.advanced_toggle.setChecked(True)
+            _shoot(app, ctx, window, f"{index:02d}-{key}-advanced", out)
+            page.advanced_toggle.setChecked(False)
+    if not args.pages or "method" in args.pages:
+        apply_theme(app, dark=True)
+        window.close()
+        dark = QtMainWindow(ctx)  # rebuilt so every view picks up the dark palette
+        dark.resize(*SIZE)
+        dark.show()
+        dark.show_page("method")
+        _shoot(app, ctx, dark, "99-method-dark", out)
+        dark.shutdown()
+        dark.close()
+    window.shutdown()
+    ctx.tasks.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not os.environ.get("DISPLAY") and os.environ.get("QT_QPA_PLATFORM") != "offscreen":
+        return _under_xvfb(argv)
+    return run(_parse(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
