@@ -32,6 +32,9 @@ CPU_LIBRARY_BASELINE = 0.55 * GIB  # interpreter + torch + transformers + peft, 
 QLORA_SLOWDOWN = "about 30% slower than LoRA (4-bit weights are de-quantized at every use)"
 CKPT_SLOWDOWN = "about 30% slower (activations are recomputed in the backward pass)"
 MIN_SEQ_LEN = 128
+LABELS = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA",
+          "adapter": "The bottleneck adapter", "prefix": "Prefix tuning",
+          "ptuning_v2": "P-tuning v2", "prompt": "Prompt tuning", "ia3": "IA³"}
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,8 @@ def _search(p: Predictor, methods: list[str], req: Request) -> dict[str, Any] | 
 
 
 def _reason(rec: dict[str, Any], req: Request, target: Target, methods: list[str]) -> str:
-    parts = [f"{rec['method'].upper() if rec['method'] != 'full' else 'Full fine-tuning'} "
-             f"fits {target.label} at about {rec['expected_gb']:.1f} GiB"]
+    parts = [f"{LABELS[rec['method']]} fits {target.label} at about "
+             f"{rec['expected_gb']:.1f} GiB"]
     if rec["method"] == "qlora" and "lora" in methods:
         parts.append(f"LoRA does not, so QLoRA's 4-bit base is used: {QLORA_SLOWDOWN}")
     if rec["batch_size"] < req.batch_size:
@@ -181,7 +184,7 @@ def _wont_fit(p: Predictor, req: Request, methods: list[str]) -> dict[str, Any]:
     return {"method": None, "batch_size": None, "grad_accum": None, "seq_len": None,
             "gradient_checkpointing": None, "optimizer": None,
             "needs_gb": round(need, 2),
-            "reason": (f"Won't fit {p.target.label}: even {method.upper()} with micro-batch 1, "
+            "reason": (f"Won't fit {p.target.label}: even {LABELS[method]} with micro-batch 1, "
                        f"{s.seq_len} tokens, checkpointing and paged 8-bit AdamW needs about "
                        f"{need:.1f} GiB with 10% headroom{what}.")}
 
