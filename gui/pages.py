@@ -51,17 +51,17 @@ PAGES: list[PageSpec] = [
              "gui.qt_hyperparams_page:QtHyperparamsPage"),
     PageSpec("train", "Train", "Run and watch the training", "gui.qt_train_page:QtTrainPage"),
     PageSpec("evaluate", "Evaluate", "Measure and chat", _PLACEHOLDER, placeholder={
-        "verb": "train",
+        "verb": "evaluate",
         "what": "Evaluation loss and metrics on the held-out split, before/after comparisons "
                 "of sample prompts, and a chat box to talk with the fine-tuned model.",
-        "cli": "Evaluation already runs during training (dataset.eval_split, "
-               "training.eval_steps):"}),
+        "cli": "Until then, evaluate a finished run (base vs tuned) from a terminal:",
+        "command": "python -m engine evaluate {run_dir}"}),
     PageSpec("export", "Export", "Save the result", _PLACEHOLDER, placeholder={
         "verb": "export",
         "what": "Write the adapter on its own, a merged 16-bit model, or a GGUF file for "
                 "llama.cpp / Ollama, from any finished run.",
         "cli": "Until then, export a finished run from a terminal:",
-        "command": "python -m engine export RUN_DIR --out exported --merge"}),
+        "command": "python -m engine export {run_dir} --out exported --merge"}),
     PageSpec("runs", "Runs", "Past and running jobs", "gui.qt_runs_page:QtRunsPage", step=False),
 ]
 

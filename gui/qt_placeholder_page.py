@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
+from PySide6.QtWidgets import QLabel, QPlainTextEdit, QWidget
 
 from gui.qt_widgets import QtCommandBox, card, heading, page_layout
 
@@ -30,27 +28,23 @@ class QtPlaceholderPage(QWidget):
         how = QLabel(info["cli"])
         how.setWordWrap(True)
         inner2.addWidget(how)
-        if "command" in info:
-            inner2.addWidget(_static_command(info["command"]))
-        else:
-            self.command = QtCommandBox(ctx.job, info["verb"], info.get("suffix", ""))
-            inner2.addWidget(self.command)
-        note = QLabel("Save the job first (File → Save) so the command points at your file.")
+        self.command = QtCommandBox(ctx.job, info["verb"], info.get("suffix", ""),
+                                    template=info.get("command", ""))
+        inner2.addWidget(self.command)
+        note = QLabel("Save the job first (File → Save) so the command points at your file."
+                      if "command" not in info else
+                      "A run's folder is named after the job and the time it started "
+                      "(<timestamp>); look it up in the runs folder.")
         note.setStyleSheet("color: palette(placeholder-text);")
         inner2.addWidget(note)
         layout.addWidget(group2)
-        layout.addStretch(1)
-        layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+        group3, inner3 = card("This job")
+        self.job_text = QPlainTextEdit(readOnly=True)
+        self.job_text.setStyleSheet("font-family: monospace;")
+        inner3.addWidget(self.job_text)
+        layout.addWidget(group3, 1)
+        self.job.changed.connect(self._on_job_changed)
+        self._on_job_changed()
 
-
-def _static_command(text: str) -> QWidget:
-    box = QWidget()
-    row = QHBoxLayout(box)
-    row.setContentsMargins(0, 0, 0, 0)
-    edit = QLineEdit(text, readOnly=True)
-    edit.setStyleSheet("font-family: monospace;")
-    button = QPushButton("Copy CLI command")
-    button.clicked.connect(lambda: QGuiApplication.clipboard().setText(text))
-    row.addWidget(edit, 1)
-    row.addWidget(button)
-    return box
+    def _on_job_changed(self, *_args: object) -> None:
+        self.job_text.setPlainText(self.job.to_yaml())

@@ -64,9 +64,9 @@ class QtCommandBox(QWidget):
     """The CLI command for the current job (``python -m engine train job.yaml``) with Copy."""
 
     def __init__(self, job: JobModel, verb: str = "train", suffix: str = "",
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, *, template: str = "") -> None:
         super().__init__(parent)
-        self.job, self._verb, self._suffix = job, verb, suffix
+        self.job, self._verb, self._suffix, self._template = job, verb, suffix, template
         self.edit = QLineEdit(readOnly=True)
         self.edit.setStyleSheet("font-family: monospace;")
         self.copy_button = QPushButton("Copy CLI command")
@@ -81,6 +81,10 @@ class QtCommandBox(QWidget):
         self._on_job_changed()
 
     def command(self) -> str:
+        if self._template:  # e.g. "python -m engine export {run_dir} --out exported"
+            job = self.job.job
+            run_dir = f"{job.output.runs_dir.rstrip('/')}/{job.name}-<timestamp>"
+            return self._template.format(run_dir=run_dir)
         text = self.job.cli_command(self._verb)
         return f"{text} {self._suffix}".strip()
 

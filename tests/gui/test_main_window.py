@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import shiboken6
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QLineEdit
 
 from gui.pages import PAGES
 from gui.qt_main_window import QtMainWindow
@@ -36,17 +35,22 @@ def test_back_and_next_walk_the_pages(window) -> None:
 
 def test_placeholders_say_what_comes_and_copy_the_cli_command(window, tmp_path: Path) -> None:
     placeholders = [spec for spec in PAGES if spec.placeholder]
+    if not placeholders:
+        pytest.skip("every placeholder page has been replaced by its real page")
+    window.ctx.job.set("name", "demo")
     for spec in placeholders:
         page = window.page(spec.key)
-        assert "python -m engine" in page.findChild(QLineEdit).text()
-    with_job = [s for s in placeholders if "command" not in s.placeholder]
-    if not with_job:
-        pytest.skip("every placeholder page has been replaced by its real page")
-    page = window.page(with_job[0].key)
-    window.ctx.job.save(tmp_path / "job.yaml")
-    assert page.command.edit.text().endswith("job.yaml")
-    page.command.copy_button.click()
-    assert QGuiApplication.clipboard().text() == page.command.command()
+        command = page.command.command()
+        assert command.startswith(f"python -m engine {spec.placeholder['verb']} ")
+        assert page.command.edit.text() == command
+        if "command" in spec.placeholder:  # a run folder named after the job
+            assert "runs/demo-<timestamp>" in command
+        else:
+            window.ctx.job.save(tmp_path / "job.yaml")
+            assert command.endswith("job.yaml") or page.command.command().endswith("job.yaml")
+        assert "name: demo" in page.job_text.toPlainText()
+        page.command.copy_button.click()
+        assert QGuiApplication.clipboard().text() == page.command.command()
 
 
 def test_title_marks_unsaved_changes_and_recent_files_persist(window, ctx, tmp_path) -> None:
