@@ -88,7 +88,7 @@ def make_plot(title: str, left: str) -> pg.PlotWidget:
     item.setLabel("left", left)
     item.getAxis("left").setWidth(AXIS_WIDTH)
     # No grid: its alpha-blended full-width lines triple the paint time of a plot.
-    item.setDownsampling(mode="peak")
+    item.setDownsampling(auto=True, mode="peak")  # ~2 points a pixel, however long the run
     item.setClipToView(True)
     widget.setMinimumHeight(120)
     return widget

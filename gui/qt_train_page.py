@@ -339,6 +339,8 @@ class QtTrainPage(QWidget):
                 "overfitting", "warning", "The model is overfitting",
                 f"{_sentence(event.message)} {ADVICE['overfitting']}")
             banner.add_action("Stop and keep the best checkpoint", self._on_keep_best)
+        elif event.code.startswith("memory_prediction"):
+            self.banners.show_banner(event.code, "info", "Memory check", event.message)
         else:
             self.banners.show_banner(event.code or "warning", "warning", "Warning",
                                      event.message)
@@ -476,8 +478,10 @@ class QtTrainPage(QWidget):
         return KEEP if clicked is keep else STOP if clicked is stop else CANCEL
 
     def shutdown(self) -> None:
-        """Stop the telemetry thread (tests and app quit)."""
+        """Stop the telemetry thread and the run's reader (tests and app quit); a training
+        child is stopped too unless the user chose to keep it in the background."""
         self.sampler.stop()
+        self.controller.shutdown()
 
 
 def predicted_peak_gb(job: dict[str, Any], device: str) -> float | None:

@@ -32,9 +32,9 @@ from gui.run_folders import parse_line, pid_alive, quick_status
 
 CONSOLE_FILE = "console.log"
 STOP_FILE = "STOP"
-STOP_GRACE_S = 60.0  # a step of a big model on a slow GPU can take this long
+STOP_GRACE_S = 60.0  # silence after Stop before the kill; each event or log line resets it
 QUIT_GRACE_S = 15.0  # at quit the user waits: stop sooner
-MAX_BATCH = 100  # events per signal while replaying a long run (a few ms of GUI work)
+MAX_BATCH = 50  # events per signal while replaying a long run (a few ms of GUI work)
 IN_FLIGHT = 1  # batches sent but not yet handled by the GUI: the reader waits beyond this
 
 
@@ -108,7 +108,9 @@ class EventReader(QThread):
         events: list[ev.Event] = []
         other: list[str] = []
         for raw in lines:
-            text = raw.decode("utf-8", "replace").rstrip("\r")
+            # A progress bar redraws itself with carriage returns: keep its last state.
+            parts = [p for p in raw.decode("utf-8", "replace").split("\r") if p.strip()]
+            text = parts[-1] if parts else ""
             event = parse_line(text)
             if event is not None:
                 events.append(event)
@@ -334,6 +336,10 @@ class RunController(QObject):
     def _on_reader_batch(self, batch: list[ev.Event], lines: list[str]) -> None:
         reader = self._reader
         if reader is not None and self.sender() is reader:  # not a reader already let go
+            if self._kill_timer.isActive():
+                # Stopping and still talking (the last step, an evaluation, the checkpoint
+                # being written): a slow machine is not a hung one. Wait the grace again.
+                self._kill_timer.start()
             self._on_batch(batch, lines)
             reader.consumed()
 

@@ -187,6 +187,7 @@ def test_attach_replays_a_finished_run_and_logs_other_lines(qtbot: Any, tmp_path
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     lines = [ev.to_json(ev.RunStarted(pid=1, max_steps=3, time=1.0)), "a stray print",
+             "shards: 1/2\rshards: 2/2\r",
              *(ev.to_json(ev.Step(step=i, loss=2.0 / i, max_steps=3)) for i in (1, 2, 3)),
              ev.to_json(ev.RunFinished(status="completed", step=3))]
     (run_dir / ev.EVENTS_FILE).write_text("\n".join(lines) + "\n")
@@ -200,5 +201,5 @@ def test_attach_replays_a_finished_run_and_logs_other_lines(qtbot: Any, tmp_path
     assert blocker.args == ["completed"]
     assert [type(e).__name__ for e in got] == ["RunStarted", "Step", "Step", "Step",
                                                "RunFinished"]
-    assert logged == ["a stray print"]
+    assert logged == ["a stray print", "shards: 2/2"]
     controller.shutdown()
