@@ -54,6 +54,7 @@ class _FirstPaint(QObject):
         if event.type() == QEvent.Type.Paint:
             obj.removeEventFilter(self)
             print(f"visible {time.perf_counter() - self._start:.3f}", flush=True)
+            print(f"title {obj.windowTitle()}", flush=True)
             QTimer.singleShot(0, QApplication.quit)
         return False
 

@@ -70,7 +70,12 @@ def _readme_license(source: str) -> str:
 
 def count_parameters(config: Any) -> int:
     """Exact parameter count of a model built from ``config`` on the meta device."""
-    model = _meta_model(config)
+    if _has("engine.methods.facts", "build_meta_model"):
+        from engine.methods.facts import build_meta_model, natural_task
+
+        model = build_meta_model(config, natural_task(config))
+    else:
+        model = _meta_model(config)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -97,7 +102,8 @@ def model_info(source: str) -> dict[str, Any]:
     default = DEFAULT_MODELS.get(source)
     info: dict[str, Any] = {
         "source": source,
-        "display_name": entry.get("display_name") or source,
+        "display_name": entry.get("display_name")
+        or (default.description.split(" (")[0] if default else source),
         "hub_id": entry.get("hub_id", ""),
         "model_type": facts.get("model_type"),
         "architecture": ", ".join(facts.get("architectures") or []) or None,

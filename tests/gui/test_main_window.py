@@ -106,3 +106,17 @@ def test_opening_the_window_imports_no_heavy_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+
+
+def test_python_m_gui_opens_the_job_given(tmp_path: Path) -> None:
+    job = tmp_path / "given.yaml"
+    job.write_text("name: given\nmethod: {name: dora}\n")
+    env = {"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin", "TUNESMITH_COLD_START": "1",
+           "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    out = subprocess.run([sys.executable, "-m", "gui", str(job), "--page", "method"],
+                         capture_output=True, text=True, env=env, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("visible ") for line in lines)
+    assert "title Tunesmith — given.yaml" in lines

@@ -194,10 +194,11 @@ def test_hyperparameters_preset_advanced_and_save(qtbot, window, tmp_path, monke
 
 
 @pytest.mark.parametrize("dark", [False, True])
-def test_every_page_builds_in_both_themes(qtbot, window, qapp, dark: bool) -> None:
+def test_every_page_builds_in_both_themes(qtbot, window, qapp, tiny_model, dark: bool) -> None:
     from gui.pages import PAGES
     from gui.theme import apply_theme
 
+    window.ctx.job.set("model.source", tiny_model)  # engine calls on a tiny model: fast
     apply_theme(qapp, dark=dark)
     for spec in PAGES:
         window.show_page(spec.key)
