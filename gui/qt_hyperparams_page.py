@@ -35,12 +35,23 @@ ELSEWHERE = {"task", "model.source", "dataset.path", "dataset.format", "dataset.
              "dataset.overflow"}
 
 
+SECTION_TITLES = {"training": "Training", "dataset": "Data", "model": "Model",
+                  "output": "Output", "": "Job"}
+LABEL_WIDTH = 170  # one label column width across the section forms, so editors line up
+
+
+def advanced_sections() -> dict[str, list[str]]:
+    """Section → the keys shown under Advanced: every key not basic and not on another page."""
+    out = {}
+    for section in ("training", "dataset", "model", "output", ""):
+        keys = [k for k in section_keys(section) if k not in BASIC_KEYS and k not in ELSEWHERE]
+        if keys:
+            out[section] = keys
+    return out
+
+
 def advanced_keys() -> list[str]:
-    keys = []
-    for section in ("", "training", "dataset", "model", "output"):
-        keys += [k for k in section_keys(section)
-                 if k not in BASIC_KEYS and k not in ELSEWHERE]
-    return keys
+    return [k for keys in advanced_sections().values() for k in keys]
 
 
 class QtHyperparamsPage(QWidget):
@@ -56,6 +67,8 @@ class QtHyperparamsPage(QWidget):
         left.addWidget(self._presets_card())
         basic, basic_layout = card("Training")
         self.basic_form = QtConfigForm(self.job, BASIC_KEYS)
+        for label in self.basic_form.labels.values():
+            label.setMinimumWidth(LABEL_WIDTH)
         basic_layout.addWidget(self.basic_form)
         left.addWidget(basic, 1)
         columns.addLayout(left, 1)
@@ -92,11 +105,24 @@ class QtHyperparamsPage(QWidget):
         self.advanced_toggle.setText(f"Show {len(keys)} rarely-changed settings")
         self.advanced_toggle.toggled.connect(self._on_advanced_toggled)
         inner.addWidget(self.advanced_toggle)
-        self.advanced_form = QtConfigForm(self.job, keys)
+        body = QWidget()
+        body_layout = QVBoxLayout(body)
+        body_layout.setContentsMargins(0, 0, 8, 0)
+        self.advanced_forms: list[QtConfigForm] = []
+        for section, section_keys_ in advanced_sections().items():
+            title = QLabel(SECTION_TITLES.get(section, section))
+            title.setStyleSheet("font-weight: 600; margin-top: 6px;")
+            form = QtConfigForm(self.job, section_keys_)
+            for label in form.labels.values():
+                label.setMinimumWidth(LABEL_WIDTH)
+            body_layout.addWidget(title)
+            body_layout.addWidget(form)
+            self.advanced_forms.append(form)
+        body_layout.addStretch(1)
         self.advanced_scroll = QScrollArea()
         self.advanced_scroll.setWidgetResizable(True)
         self.advanced_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        self.advanced_scroll.setWidget(self.advanced_form)
+        self.advanced_scroll.setWidget(body)
         self.advanced_scroll.hide()
         inner.addWidget(self.advanced_scroll, 1)
         self.advanced_hint = QLabel("Evaluation and checkpoint intervals, seed, device, sample "
@@ -127,6 +153,13 @@ class QtHyperparamsPage(QWidget):
         self.job.dirty_changed.connect(self._on_path_changed)
         self._on_path_changed()
         return group
+
+    def editor(self, key: str) -> QWidget:
+        """The editor of ``key`` (``training.seed``), basic or advanced."""
+        for form in (self.basic_form, *self.advanced_forms):
+            if key in form.editors:
+                return form.editors[key]
+        raise KeyError(key)
 
     # ------------------------------------------------------------------ events
     def _on_preset_chosen(self, name: str) -> None:

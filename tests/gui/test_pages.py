@@ -185,7 +185,7 @@ def test_hyperparameters_preset_advanced_and_save(qtbot, window, tmp_path, monke
     assert page.advanced_scroll.isHidden()
     page.advanced_toggle.click()
     assert not page.advanced_scroll.isHidden()
-    page.advanced_form.editors["training.seed"].setValue(7)
+    page.editor("training.seed").setValue(7)
     target = tmp_path / "saved.yaml"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
     page.save_button.click()
