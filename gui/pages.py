@@ -50,18 +50,8 @@ PAGES: list[PageSpec] = [
     PageSpec("hyperparameters", "Hyperparameters", "Tune the training run",
              "gui.qt_hyperparams_page:QtHyperparamsPage"),
     PageSpec("train", "Train", "Run and watch the training", "gui.qt_train_page:QtTrainPage"),
-    PageSpec("evaluate", "Evaluate", "Measure and chat", _PLACEHOLDER, placeholder={
-        "verb": "evaluate",
-        "what": "Evaluation loss and metrics on the held-out split, before/after comparisons "
-                "of sample prompts, and a chat box to talk with the fine-tuned model.",
-        "cli": "Until then, evaluate a finished run (base vs tuned) from a terminal:",
-        "command": "python -m engine evaluate {run_dir}"}),
-    PageSpec("export", "Export", "Save the result", _PLACEHOLDER, placeholder={
-        "verb": "export",
-        "what": "Write the adapter on its own, a merged 16-bit model, or a GGUF file for "
-                "llama.cpp / Ollama, from any finished run.",
-        "cli": "Until then, export a finished run from a terminal:",
-        "command": "python -m engine export {run_dir} --out exported --merge"}),
+    PageSpec("evaluate", "Evaluate", "Measure and chat", "gui.qt_evaluate_page:QtEvaluatePage"),
+    PageSpec("export", "Export", "Save the result", "gui.qt_export_page:QtExportPage"),
     PageSpec("runs", "Runs", "Past and running jobs", "gui.qt_runs_page:QtRunsPage", step=False),
 ]
 

@@ -1,0 +1,96 @@
+"""The Evaluate page against a real tiny run: the evaluation runs in a child process.
+
+The run is trained here, in the test process, with ``engine.training.run_training`` on the
+2-layer Llama (2 steps, seconds); the page then runs ``python -m engine evaluate`` (the child
+imports torch: ~5-10 s on 2 busy cores, so waits are generous).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHILD_MS = 180_000  # a child's imports, model load and work on a loaded 2-core machine
+
+
+def train_tiny(model_dir: Path, root: Path, method: str = "lora") -> Path:
+    """A finished 2-step run of ``method`` under ``root/runs``."""
+    from engine import events as ev
+    from engine.config import job_from_dict, save_job
+    from engine.training import run_training
+
+    data = root / "chat.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What is {i} plus {i}?"},
+        {"role": "assistant", "content": f"Arr, it be {2 * i}!"}]}) for i in range(24)) + "\n")
+    job = job_from_dict({
+        "name": f"tiny-{method}", "model": {"source": str(model_dir)},
+        "dataset": {"path": str(data), "max_length": 64, "eval_split": 2},
+        "method": {"name": method, "r": 4, "num_virtual_tokens": 4},
+        "training": {"max_steps": 2, "batch_size": 2, "logging_steps": 1},
+        "output": {"runs_dir": str(root / "runs")}})
+    run_dir = root / "runs" / f"tiny-{method}-20250101-000000"
+    run_dir.mkdir(parents=True)
+    save_job(job, run_dir / "job.yaml")
+    writer = ev.EventWriter(run_dir / ev.EVENTS_FILE)
+    try:
+        assert run_training(job, run_dir=run_dir, emit=writer).status == "completed"
+    finally:
+        writer.close()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tiny_llama_dir, tmp_path_factory.mktemp("evaluate"))
+
+
+def _page(qtbot: Any, ctx: Any, run_dir: Path) -> Any:
+    from gui.qt_evaluate_page import QtEvaluatePage
+
+    ctx.job.set("output.runs_dir", str(run_dir.parent))
+    page = QtEvaluatePage(ctx)
+    qtbot.addWidget(page)
+    page.resize(1080, 700)
+    page.show()
+    qtbot.waitUntil(lambda: page.picker.run_dir() is not None, timeout=60_000)
+    assert page.picker.run_dir() == run_dir.resolve()
+    return page
+
+
+def test_evaluate_shows_base_and_tuned(qtbot: Any, ctx: Any, lora_run: Path) -> None:
+    page = _page(qtbot, ctx, lora_run)
+    page.max_tokens.setValue(3)
+    page.prompts.setText("Hello there | What is 2 plus 2?")
+    page.evaluate_button.click()
+    try:
+        assert page.controller.state == "running"
+        assert not page.evaluate_button.isEnabled() and page.cancel_button.isEnabled()
+        assert page.progress.isVisible()
+        qtbot.waitUntil(lambda: page.controller.state != "running", timeout=CHILD_MS)
+        assert page.controller.state == "done", page.status.text()
+        base = page.scores.item(0, 0).text()
+        tuned = page.scores.item(0, 1).text()
+        assert float(base) > 0 and float(tuned) > 0  # held-out losses, base and tuned
+        assert float(page.scores.item(1, 1).text()) > 1  # perplexity
+        assert page.scores.item(0, 2).text().endswith("%")
+        assert page.result["base"]["loss"] == pytest.approx(float(base), abs=1e-4)
+        text = page.answers.toPlainText()
+        assert "Hello there" in text and "What is 2 plus 2?" in text
+        assert "--max-new-tokens 3" in page.command.toPlainText()
+        assert page.cancel_button.isEnabled() is False and not page.progress.isVisible()
+    finally:
+        page.shutdown()
+
+
+def test_cancel_ends_the_child(qtbot: Any, ctx: Any, lora_run: Path) -> None:
+    page = _page(qtbot, ctx, lora_run)
+    page.evaluate_button.click()
+    proc = page.controller.child.proc
+    page.cancel_button.click()
+    qtbot.waitUntil(lambda: page.controller.state == "cancelled", timeout=30_000)
+    assert proc is not None and proc.poll() is not None
+    assert page.status.text() == "Cancelled." and page.evaluate_button.isEnabled()
