@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMainWindow,
     QMenu,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QStackedWidget,
@@ -33,6 +34,7 @@ class QtMainWindow(QMainWindow):
         super().__init__(parent)
         self.ctx, self.job = ctx, ctx.job
         self.pages: dict[str, QWidget] = {}
+        self.ask_to_save = True  # about unsaved changes on close (off in tests and scripts)
         self._build_central()
         self._build_actions()
         self._build_status_bar()
@@ -244,6 +246,18 @@ class QtMainWindow(QMainWindow):
         # Engine calls queued while the window was built start once it is on screen.
         QTimer.singleShot(RELEASE_TASKS_MS, self.ctx.tasks.release)
 
+    def _confirm_discard(self) -> bool:
+        """Ask about unsaved changes: True to go on closing (after saving, or discarding)."""
+        buttons = (QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                   | QMessageBox.StandardButton.Cancel)
+        answer = QMessageBox.question(self, "Unsaved changes",
+                                      "The job has unsaved changes. Save them first?",
+                                      buttons, QMessageBox.StandardButton.Save)
+        if answer == QMessageBox.StandardButton.Save:
+            self._on_save()
+            return not self.job.dirty
+        return answer == QMessageBox.StandardButton.Discard
+
     def shutdown(self) -> None:
         """Stop what pages run in the background (threads, timers): tests and app quit."""
         for page in self.pages.values():
@@ -252,6 +266,10 @@ class QtMainWindow(QMainWindow):
                 stop()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if (self.ask_to_save and self.isVisible() and self.job.dirty
+                and not self._confirm_discard()):
+            event.ignore()
+            return
         # Hook (issue 6): a page may veto or prepare the close, e.g. the Train page asks
         # whether a running training keeps going in the background.
         for page in self.pages.values():

@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = create_app(app, theme="light", settings=settings)
     _demo_job(ctx)
     window = QtMainWindow(ctx)
+    window.ask_to_save = False
     window.resize(*SIZE)
     window.show()
     order = [p.key for p in PAGES]
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         apply_theme(app, dark=True)
         window.close()
         dark = QtMainWindow(ctx)  # rebuilt so every view picks up the dark palette
+        dark.ask_to_save = False
         dark.resize(*SIZE)
         dark.show()
         dark.show_page("method")

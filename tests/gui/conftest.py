@@ -84,6 +84,7 @@ def window(qtbot, ctx):  # type: ignore[no-untyped-def]
     from gui.qt_main_window import QtMainWindow
 
     win = QtMainWindow(ctx)
+    win.ask_to_save = False
     win.show()
     yield win
     # Close and delete it before the context goes: no debounce timer may fire afterwards.

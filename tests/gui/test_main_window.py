@@ -33,24 +33,31 @@ def test_back_and_next_walk_the_pages(window) -> None:
     assert not window.next_button.isEnabled()
 
 
-def test_placeholders_say_what_comes_and_copy_the_cli_command(window, tmp_path: Path) -> None:
-    placeholders = [spec for spec in PAGES if spec.placeholder]
-    if not placeholders:
-        pytest.skip("every placeholder page has been replaced by its real page")
-    window.ctx.job.set("name", "demo")
-    for spec in placeholders:
-        page = window.page(spec.key)
-        command = page.command.command()
-        assert command.startswith(f"python -m engine {spec.placeholder['verb']} ")
-        assert page.command.edit.text() == command
-        if "command" in spec.placeholder:  # a run folder named after the job
-            assert "runs/demo-<timestamp>" in command
-        else:
-            window.ctx.job.save(tmp_path / "job.yaml")
-            assert command.endswith("job.yaml") or page.command.command().endswith("job.yaml")
-        assert "name: demo" in page.job_text.toPlainText()
-        page.command.copy_button.click()
-        assert QGuiApplication.clipboard().text() == page.command.command()
+@pytest.mark.parametrize("info", [
+    {"verb": "train", "what": "Training.", "cli": "Run it:"},
+    {"verb": "export", "what": "Export.", "cli": "Export it:",
+     "command": "python -m engine export {run_dir} --out exported"},
+])
+def test_placeholder_page_says_what_comes_and_copies_the_command(qtbot, ctx, tmp_path, info):
+    from gui.pages import PageSpec
+    from gui.qt_placeholder_page import QtPlaceholderPage
+
+    spec = PageSpec("later", "Later", "A later issue", "gui.qt_placeholder_page:"
+                    "QtPlaceholderPage", placeholder=info)
+    page = spec.build(ctx)
+    assert isinstance(page, QtPlaceholderPage)
+    qtbot.addWidget(page)
+    ctx.job.set("name", "demo")
+    command = page.command.command()
+    assert command.startswith(f"python -m engine {info['verb']} ")
+    if "command" in info:  # a run folder named after the job
+        assert "runs/demo-<timestamp>" in command
+    else:
+        ctx.job.save(tmp_path / "job.yaml")
+        assert page.command.edit.text().endswith("job.yaml")
+    assert "name: demo" in page.job_text.toPlainText()
+    page.command.copy_button.click()
+    assert QGuiApplication.clipboard().text() == page.command.command()
 
 
 def test_title_marks_unsaved_changes_and_recent_files_persist(window, ctx, tmp_path) -> None:
@@ -65,6 +72,7 @@ def test_title_marks_unsaved_changes_and_recent_files_persist(window, ctx, tmp_p
 
 def test_geometry_is_saved_and_restored(qtbot, ctx) -> None:
     first = QtMainWindow(ctx)
+    first.ask_to_save = False
     first.resize(700, 500)
     first.close()
     second = QtMainWindow(ctx)
@@ -120,3 +128,15 @@ def test_python_m_gui_opens_the_job_given(tmp_path: Path) -> None:
     lines = out.stdout.splitlines()
     assert any(line.startswith("visible ") for line in lines)
     assert "title Tunesmith — given.yaml" in lines
+
+
+def test_closing_with_unsaved_changes_asks(window, monkeypatch) -> None:
+    from PySide6.QtWidgets import QMessageBox
+
+    window.ask_to_save = True
+    window.ctx.job.set("name", "changed")
+    answers = [QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Discard]
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: answers.pop(0))
+    assert not window.close()  # cancelled: the window stays
+    assert window.isVisible()
+    assert window.close()
