@@ -121,6 +121,8 @@ def held_out_loss(model: Any, rows: list[dict[str, list[int]]], pad_id: int, bat
         labels = batch.pop("labels")
         with torch.no_grad():
             logits = model(**batch).logits.float()
+        # Prompt tuning puts its virtual tokens in front: their logits come first.
+        logits = logits[:, logits.shape[1] - labels.shape[1]:]
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
             ignore_index=-100, reduction="sum")

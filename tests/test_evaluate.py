@@ -92,3 +92,20 @@ def test_cli_events_stdout(lora_run: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["evaluate", str(lora_run), "--events-stdout", "--max-new-tokens", "2"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
     assert {"progress", "eval", "sample"} <= {x["type"] for x in lines}
+
+
+@pytest.mark.parametrize("method", ["prompt", "adapter"])
+def test_evaluate_methods_without_a_switch(method: str, lora_run: Path,
+                                           small_model_dirs: dict[str, Path],  # noqa: F811
+                                           tmp_path: Path) -> None:
+    """Prompt tuning and bottleneck adapters get a separate base copy: the base loss is the
+    same as any other run's on the same data."""
+    from engine.evaluate import evaluate_run
+
+    run = train_run(small_model_dirs["llama"], tmp_path, method, max_steps=4)
+    result = evaluate_run(run, prompts=["Hi"], max_new_tokens=2)
+    reference = json.loads((lora_run / "evaluation.json").read_text()) if (
+        lora_run / "evaluation.json").is_file() else evaluate_run(lora_run, prompts=["Hi"],
+                                                                  max_new_tokens=2)
+    assert result["base"]["loss"] == pytest.approx(reference["base"]["loss"], rel=1e-5)
+    assert result["tuned"]["loss"] != pytest.approx(result["base"]["loss"], rel=1e-6)

@@ -396,6 +396,24 @@ def test_non_mergeable_method(method: str, lora_run: Path, tmp_path: Path,
     assert any("not merged" in n and "no weight to fold" in n for n in result.notes)
 
 
+@pytest.mark.parametrize("method", ["adapter", "prefix"])
+def test_real_non_mergeable_runs_export_as_adapters(method: str,
+                                                    small_model_dirs: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    from engine.export import export_run
+    from engine.methods import METHODS
+
+    assert not METHODS[method].mergeable
+    run = train_run(small_model_dirs["llama"], tmp_path, method)
+    with pytest.raises(UserError, match="cannot be merged"):
+        export_run(run, tmp_path / "out", merge=True)
+    [result] = export_run(run, tmp_path / "out")
+    assert result.kind == "adapter" and any("not merged" in n for n in result.notes)
+    assert (tmp_path / "out" / "README.md").is_file()
+    assert {p.name for p in (run / METHODS[method].output_dir).iterdir()
+            if p.is_file()} - {"README.md"} <= set(result.files)
+
+
 def test_refuses_gguf_for_other_architectures(lora_run: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer, GPT2Config, LlamaConfig
 

@@ -48,6 +48,8 @@ def model_card(info: RunInfo, *, kind: str, exports: list[dict[str, Any]],
                notes: list[str]) -> str:
     job, m = info.job, run_metrics(info.run_dir)
     library = "peft" if kind == "adapter" and not info.is_full else "transformers"
+    if kind == "adapter" and info.method == "adapter":
+        library = "tunesmith"  # the bottleneck adapter is Tunesmith's own, not peft's
     lines = ["---", f"base_model: {job.model.source}", f"library_name: {library}",
              "tags:", "- tunesmith", f"- {job.method.name}", "---", "",
              f"# {job.name}", "",
@@ -59,7 +61,7 @@ def model_card(info: RunInfo, *, kind: str, exports: list[dict[str, Any]],
         lines.append(f"- **{item['kind']}**: `{item['path']}`"
                      + (f" (largest logit difference in its check: {item['max_logit_diff']:.2e})"
                         if item.get("max_logit_diff") is not None else ""))
-    lines += [f"- {n}" for n in notes] + [""] + _usage(kind, job.model.source, exports)
+    lines += [f"- {n}" for n in notes] + [""] + _usage(info.method, job.model.source, exports)
     return "\n".join(lines) + "\n"
 
 
@@ -112,10 +114,16 @@ def _metrics_section(m: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
-def _usage(kind: str, base: str, exports: list[dict[str, Any]]) -> list[str]:
+def _usage(method: str, base: str, exports: list[dict[str, Any]]) -> list[str]:
     out = ["## Use it", ""]
     kinds = {e["kind"] for e in exports}
-    if "adapter" in kinds:
+    if "adapter" in kinds and method == "adapter":
+        out += ["```python", "from transformers import AutoModelForCausalLM",
+                "from engine.methods import METHODS",
+                f"base = AutoModelForCausalLM.from_pretrained(\"{base}\")",
+                "model = METHODS[\"adapter\"].load_trained(base, \"path/to/this/folder\")",
+                "```", ""]
+    elif "adapter" in kinds:
         out += ["```python", "from peft import AutoPeftModelForCausalLM",
                 "model = AutoPeftModelForCausalLM.from_pretrained(\"path/to/this/folder\")",
                 f"# or attach it to your own copy of the base model ({base})", "```", ""]
