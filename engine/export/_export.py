@@ -219,7 +219,6 @@ def _write_merged(info: RunInfo, staging: Path, target: Path, *, merge: bool, gg
     tokenizer = load_tokenizer(info)
     device = pick_device(info)
     merged = merge_run(info, tokenizer, device, emit)
-    notes.extend(merged.notes)
     gen = generation_config(info, merged.model, tokenizer,
                             stop_token_ids(tokenizer, merged.model.config.eos_token_id))
     stops = [int(i) for i in ([gen.eos_token_id] if isinstance(gen.eos_token_id, int)
@@ -233,7 +232,8 @@ def _write_merged(info: RunInfo, staging: Path, target: Path, *, merge: bool, gg
         files = sorted(set(os.listdir(staging)) - before)
         results.append(Exported(path=str(target), kind="merged",
                                 max_logit_diff=merged.max_logit_diff, files=files,
-                                notes=[*notes, f"weights written as {dtype}; generation config "
+                                notes=[*notes, *merged.notes,
+                                       f"weights written as {dtype}; generation config "
                                        f"stops at token ids {stops}"]))
     if gguf:
         results.append(_write_gguf(info, merged.model, tokenizer, staging, target, gguf_type,
@@ -267,12 +267,15 @@ def _write_gguf(info: RunInfo, model: Any, tokenizer: Any, staging: Path, target
     text, more = modelfile(tokenizer, name, stop_strings(tokenizer, stops),
                            tokenizer.bos_token if facts.get("adds_bos") else None)
     (staging / "Modelfile").write_text(text, encoding="utf-8")
-    same = "the same" if check["same_greedy_text"] else "a different"
+    if check["same_greedy_text"]:
+        same = "the same greedy answer as the merged model"
+    else:
+        same = (f"a greedy answer that leaves the merged model's after "
+                f"{check['greedy_common_chars']} characters")
     gguf_notes = [f"GGUF {gguf_type} ({facts['architecture']}, tokenizer pre "
                   f"{facts['tokenizer_pre']}): loaded back with transformers, next-token "
                   f"agreement {check['argmax_agreement']:.1%}, largest logit difference "
-                  f"{check['max_logit_diff']:.2e} of {check['logit_scale']:.3g}, {same} greedy "
-                  f"answer as the merged model", *more]
+                  f"{check['max_logit_diff']:.2e} of {check['logit_scale']:.3g}, {same}", *more]
     return Exported(path=str(target / name), kind="gguf", max_logit_diff=check["max_logit_diff"],
                     files=[name, "Modelfile"], notes=[*notes, *gguf_notes],
                     details={**facts, **check})

@@ -286,7 +286,8 @@ def verify_gguf(path: Path, merged: Any, tokenizer: Any, inputs: list[Any], gguf
     facts = {"max_logit_diff": diff, "logit_scale": scale, "argmax_agreement": agree / total,
              "tokenizer_matches": same_ids, "demo_prompt": demo_prompt,
              "merged_text": texts[0], "gguf_text": texts[1],
-             "same_greedy_text": texts[0] == texts[1]}
+             "same_greedy_text": texts[0] == texts[1],
+             "greedy_common_chars": _common_chars(*texts)}
     min_agree, max_rel = ROUND_TRIP[gguf_type]
     if not same_ids or agree / total < min_agree or not diff <= max_rel * scale:
         raise ExportCheckFailed(
@@ -294,6 +295,13 @@ def verify_gguf(path: Path, merged: Any, tokenizer: Any, inputs: list[Any], gguf
             f"{agree / total:.1%}, largest logit difference {diff:.3g} of {scale:.3g}, "
             f"tokenizer {'matches' if same_ids else 'differs'}; nothing was written")
     return facts
+
+
+def _common_chars(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _texts(tokenizer: Any) -> list[str]:
