@@ -506,3 +506,14 @@ def test_cli_events_stdout(lora_run: Path, tmp_path: Path,
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert lines[-1]["type"] == "exported" and lines[-1]["kind"] == "adapter"
     assert next(iter(lines[-1])) == "type"
+
+
+def test_exported_event_round_trips() -> None:
+    from engine import events as ev
+    from engine.export import Exported
+
+    event = Exported(path="out/m.gguf", kind="gguf", max_logit_diff=0.01, files=["m.gguf"],
+                     notes=["checked"], details={"argmax_agreement": 1.0})
+    line = ev.to_json(event)
+    assert line.startswith('{"type": "exported"')
+    assert ev.from_json(line) == event

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.events import _now
+from engine.events import EVENT_TYPES, _now
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,3 +24,7 @@ class Exported:
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+# Until engine.events lists it, readers that imported engine.export rebuild it with from_json.
+EVENT_TYPES.setdefault(Exported.type, Exported)
