@@ -28,6 +28,7 @@ class QtLengthHistogram(QWidget):
         self.plot.setMouseEnabled(x=False, y=False)
         self.plot.hideButtons()
         self.plot.setMinimumHeight(160)
+        self.plot.getPlotItem().layout.setContentsMargins(4, 10, 8, 4)  # room for the top tick
         self._bars: list[pg.BarGraphItem] = []
         dashed = pg.mkPen(WONT_FIT, width=2, style=Qt.PenStyle.DashLine)
         self.max_line = pg.InfiniteLine(angle=90, movable=False, pen=dashed,
