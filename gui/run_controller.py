@@ -153,6 +153,7 @@ class RunController(QObject):
         self._pid = 0  # the training process (ours or an earlier session's)
         self._pid_started = 0.0
         self._owned = False  # the child was started by this controller
+        self._last_lines: list[str] = []  # the newest console lines, for an unexpected exit
         self._reader: EventReader | None = None
         self._diagnostics = Diagnostics()
         self._finished_seen = False
@@ -229,6 +230,7 @@ class RunController(QObject):
         self.keep_in_background = False
         self._finished_seen = self._stop_requested = False
         self._proc, self._pid, self._pid_started, self._owned = None, 0, 0.0, False
+        self._last_lines = []
 
     def _spawn(self, run_dir: Path, *, resume: bool,
                prelude: tuple[Path, int] | None = None) -> None:
@@ -358,6 +360,7 @@ class RunController(QObject):
         if out:
             self.events.emit(out)
         if lines:
+            self._last_lines = lines[-3:]
             self.log.emit(lines)
 
     def _on_reader_finished(self) -> None:
@@ -385,10 +388,12 @@ class RunController(QObject):
         where = f"; see {self.run_dir / CONSOLE_FILE}" if self._owned else ""
         out: list[ev.Event] = []
         if not self._stop_requested:
+            said = f": {self._last_lines[-1].strip()}" if self._last_lines else ""
             out.append(ev.Error(code="engine_exited",
-                                message=f"the training process ended unexpectedly (exit code "
-                                        f"{code}){where}",
-                                advice="resume from the last checkpoint, or start again"))
+                                message=f"the training process ended (exit code {code}){said}"
+                                        f"{where}",
+                                advice="fix what it says and start again, or resume from the "
+                                       "last checkpoint"))
         out.append(ev.RunFinished(status=status, step=step))
         return out
 

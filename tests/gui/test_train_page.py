@@ -174,6 +174,22 @@ def test_close_the_window_mid_run_and_reattach(qtbot: Any, make_ctx: Any, tiny_l
     train2.shutdown()
 
 
+def test_a_bad_job_fails_with_the_engines_message(qtbot: Any, make_ctx: Any,
+                                                  tiny_llama_dir: Path, tmp_path: Path) -> None:
+    ctx = make_ctx(tiny_job(tiny_llama_dir, tmp_path / "missing.jsonl", tmp_path / "runs"))
+    page = _page(qtbot, ctx)
+    try:
+        with qtbot.waitSignal(page.controller.finished, timeout=RUN_MS) as blocker:
+            page.start_job()
+        assert blocker.args == ["failed"]
+        banner = page.banners.banners["bad_data"]
+        assert "missing.jsonl does not exist" in banner.message.text()
+        assert "failed" in page.progress.format()
+        assert page.start_button.isEnabled()
+    finally:
+        page.shutdown()
+
+
 def test_reader_skips_lines_that_are_not_events() -> None:
     assert parse_line("Writing model shards: 100%") is None
     assert parse_line("{not json") is None
