@@ -120,8 +120,7 @@ class QtRunsPage(QWidget):
                 if j == 1 and run.running:
                     item.setForeground(QBrush(QColor(40, 150, 60)))
                 self.table.setItem(i, j, item)
-            if run.run_dir in selected:
-                self.table.selectRow(i)
+        self._select_rows(selected)
         self.table.blockSignals(False)
         self._draw()
         self._update_buttons()
@@ -144,14 +143,15 @@ class QtRunsPage(QWidget):
         return [r for r in self.runs if r.run_dir in dirs]
 
     def select_runs(self, run_dirs: list[Path]) -> None:
-        wanted = {Path(p).resolve() for p in run_dirs}
+        self._select_rows({Path(p).resolve() for p in run_dirs})
+
+    def _select_rows(self, wanted: set[Path]) -> None:
+        model = self.table.selectionModel()
+        flags = model.SelectionFlag.Select | model.SelectionFlag.Rows
         self.table.clearSelection()
         for row in range(self.table.rowCount()):
             if Path(self.table.item(row, 0).data(Qt.ItemDataRole.UserRole)) in wanted:
-                self.table.selectionModel().select(
-                    self.table.model().index(row, 0),
-                    self.table.selectionModel().SelectionFlag.Select
-                    | self.table.selectionModel().SelectionFlag.Rows)
+                model.select(self.table.model().index(row, 0), flags)
 
     def _on_selection(self) -> None:
         missing = [p for p in self.selected_dirs() if p not in self.curves]

@@ -197,3 +197,13 @@ def test_nan_banner_lowers_the_learning_rate(qtbot: Any, ctx: AppContext, tmp_pa
         "Lower learning rate 10× and restart"].click()
     assert started_jobs[0].training.learning_rate == pytest.approx(1e-4)
     page.shutdown()
+
+
+def test_a_refresh_keeps_several_selected_runs(qtbot: Any, ctx: AppContext,
+                                               runs: dict[str, Path]) -> None:
+    page = _page(qtbot, ctx)
+    page.select_runs([runs["done"], runs["stopped"]])
+    with qtbot.waitSignal(ctx.tasks.busy_changed, timeout=10_000,
+                          check_params_cb=lambda busy, _msg: not busy):
+        page.refresh()
+    assert {p.name for p in page.selected_dirs()} == {"done", "stopped"}
