@@ -1,0 +1,122 @@
+"""The Export page against real tiny runs: exports run as ``python -m engine export`` children.
+
+A LoRA run is exported as an adapter and as a merged model into tmp_path; a prefix-tuning run
+(trained for real: it cannot be merged) shows why before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtWidgets import QMessageBox
+
+CHILD_MS = 240_000  # two export children, each importing torch, on a loaded 2-core machine
+
+
+def train_tiny(model_dir: Path, root: Path, method: str = "lora") -> Path:
+    """A finished 2-step run of ``method`` under ``root/runs``."""
+    from engine import events as ev
+    from engine.config import job_from_dict, save_job
+    from engine.training import run_training
+
+    data = root / "chat.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What is {i} plus {i}?"},
+        {"role": "assistant", "content": f"Arr, it be {2 * i}!"}]}) for i in range(24)) + "\n")
+    job = job_from_dict({
+        "name": f"tiny-{method}", "model": {"source": str(model_dir)},
+        "dataset": {"path": str(data), "max_length": 64, "eval_split": 2},
+        "method": {"name": method, "r": 4, "num_virtual_tokens": 4},
+        "training": {"max_steps": 2, "batch_size": 2, "logging_steps": 1},
+        "output": {"runs_dir": str(root / "runs")}})
+    run_dir = root / "runs" / f"tiny-{method}-20250101-000000"
+    run_dir.mkdir(parents=True)
+    save_job(job, run_dir / "job.yaml")
+    writer = ev.EventWriter(run_dir / ev.EVENTS_FILE)
+    try:
+        assert run_training(job, run_dir=run_dir, emit=writer).status == "completed"
+    finally:
+        writer.close()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("export")
+    return {m: train_tiny(tiny_llama_dir, root, m) for m in ("lora", "prefix")}
+
+
+def _page(qtbot: Any, ctx: Any, runs_dir: Path) -> Any:
+    from gui.qt_export_page import QtExportPage
+
+    ctx.job.set("output.runs_dir", str(runs_dir))
+    page = QtExportPage(ctx)
+    qtbot.addWidget(page)
+    page.resize(1080, 700)
+    page.show()
+    qtbot.waitUntil(lambda: len(page.picker.runs) == 2, timeout=60_000)
+    return page
+
+
+def test_export_adapter_and_merged(qtbot: Any, ctx: Any, runs: dict[str, Path],
+                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    page = _page(qtbot, ctx, runs["lora"].parent)
+    page.picker.select(runs["lora"])
+    assert not page.why.isVisible() and page.merged_box.isEnabled()
+    out = tmp_path / "exports" / "tiny"
+    page.out_edit.setText(str(out))
+    page.merged_box.setChecked(True)
+    commands = page.command.toPlainText().splitlines()
+    assert commands == [
+        f"python -m engine export {runs['lora'].resolve()} --out {out / 'adapter'}",
+        f"python -m engine export {runs['lora'].resolve()} --out {out / 'merged'} --merge"]
+    page.export_button.click()
+    try:
+        assert page.controller.state == "running" and page.cancel_button.isEnabled()
+        qtbot.waitUntil(lambda: page.controller.state != "running", timeout=CHILD_MS)
+        assert page.controller.state == "done", page.status.text()
+        assert (out / "adapter" / "adapter_config.json").is_file()
+        assert (out / "merged" / "model.safetensors").is_file()
+        assert [r["kind"] for r in page.controller.results] == ["adapter", "merged"]
+        text = page.result_view.toPlainText()
+        assert "Adapter → " in text and "Merged 16-bit model → " in text
+        assert "adapter_model.safetensors" in text and "model.safetensors" in text
+        diff = page.controller.results[1]["max_logit_diff"]
+        assert diff is not None and diff < 1e-4 and f"{diff:.2e}" in text
+        assert "Done: 2 export(s) written." in page.status.text()
+        opened: list[str] = []
+        monkeypatch.setattr("gui.qt_export_page.QDesktopServices.openUrl",
+                            lambda url: opened.append(url.toLocalFile()))
+        assert page.open_button.isEnabled()
+        page.open_button.click()
+        assert opened == [str(out)]
+        # A second export into the same folder asks first; "No" starts nothing.
+        asked: list[str] = []
+        monkeypatch.setattr(QMessageBox, "question", lambda _p, title, _t: asked.append(
+            title) or QMessageBox.StandardButton.No)
+        page.export_button.click()
+        assert asked == ["Replace the export?"] and page.controller.state == "done"
+        assert all("--overwrite" in cmd for _, cmd in page.plan(overwrite=True))
+    finally:
+        page.shutdown()
+
+
+def test_prefix_run_explains_why_it_cannot_merge(qtbot: Any, ctx: Any,
+                                                 runs: dict[str, Path]) -> None:
+    page = _page(qtbot, ctx, runs["lora"].parent)
+    page.picker.select(runs["lora"])
+    page.merged_box.setChecked(True)
+    page.gguf_box.setChecked(True)
+    page.picker.select(runs["prefix"])  # the choices are checked again when the run changes
+    assert page.why.isVisible()
+    assert page.why.text().startswith("Prefix tuning cannot be merged: prefix tuning learns")
+    for box in (page.merged_box, page.gguf_box):
+        assert not box.isEnabled() and not box.isChecked()
+        assert "cannot be merged" in box.toolTip()
+    assert not page.gguf_type.isEnabled()
+    assert [t.name for t, _ in page.plan()] == ["adapter"]
+    page.picker.select(runs["lora"])
+    assert not page.why.isVisible() and page.merged_box.isEnabled()

@@ -1,0 +1,104 @@
+"""Chat with base and tuned side by side, through a real ``python -m engine chat`` child.
+
+(Named test_qt_chat.py: tests/test_chat.py, the engine's chat tests, has the basename
+test_chat and pytest's default import mode refuses two test modules of one basename.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHILD_MS = 180_000  # a child's imports, model load and work on a loaded 2-core machine
+
+
+def train_tiny(model_dir: Path, root: Path, method: str = "lora") -> Path:
+    """A finished 2-step run of ``method`` under ``root/runs``."""
+    from engine import events as ev
+    from engine.config import job_from_dict, save_job
+    from engine.training import run_training
+
+    data = root / "chat.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What is {i} plus {i}?"},
+        {"role": "assistant", "content": f"Arr, it be {2 * i}!"}]}) for i in range(24)) + "\n")
+    job = job_from_dict({
+        "name": f"tiny-{method}", "model": {"source": str(model_dir)},
+        "dataset": {"path": str(data), "max_length": 64, "eval_split": 2},
+        "method": {"name": method, "r": 4, "num_virtual_tokens": 4},
+        "training": {"max_steps": 2, "batch_size": 2, "logging_steps": 1},
+        "output": {"runs_dir": str(root / "runs")}})
+    run_dir = root / "runs" / f"tiny-{method}-20250101-000000"
+    run_dir.mkdir(parents=True)
+    save_job(job, run_dir / "job.yaml")
+    writer = ev.EventWriter(run_dir / ev.EVENTS_FILE)
+    try:
+        assert run_training(job, run_dir=run_dir, emit=writer).status == "completed"
+    finally:
+        writer.close()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tiny_llama_dir, tmp_path_factory.mktemp("chat"))
+
+
+def _chat_page(qtbot: Any, ctx: Any, run_dir: Path) -> Any:
+    from gui.qt_evaluate_page import QtEvaluatePage
+
+    ctx.job.set("output.runs_dir", str(run_dir.parent))
+    page = QtEvaluatePage(ctx)
+    qtbot.addWidget(page)
+    page.resize(1080, 700)
+    page.show()
+    page.tabs.setCurrentWidget(page.chat)
+    qtbot.waitUntil(lambda: page.chat.run_dir == str(run_dir.resolve()), timeout=60_000)
+    return page
+
+
+def test_chat_streams_both_models_and_frees_them_on_leave(qtbot: Any, ctx: Any,
+                                                          lora_run: Path) -> None:
+    page = _chat_page(qtbot, ctx, lora_run)
+    chat, controller = page.chat, page.chat_controller
+    tokens: list[tuple[str, str]] = []
+    controller.token.connect(lambda _id, model, text: tokens.append((model, text)))
+    chat.temperature.setValue(0.0)
+    chat.max_tokens.setValue(6)
+    assert chat.send_button.isEnabled() and controller.state == "off"
+    chat.message.setText("What is 3 plus 3?")
+    chat.send_button.click()  # starts the chat process; the message waits until it is ready
+    try:
+        assert controller.state == "loading" and chat.message.text() == ""
+        qtbot.waitUntil(lambda: all(len(h) == 2 for h in chat.history.values()),
+                        timeout=CHILD_MS)
+        assert controller.info["models"] == ["base", "tuned"]
+        assert controller.info["chat_template"] is True
+        assert "chat template" in chat.status.text()
+        assert {m for m, _ in tokens} == {"base", "tuned"}  # streamed from both
+        for side in ("base", "tuned"):
+            streamed = "".join(t for m, t in tokens if m == side)
+            assert chat.history[side][1] == {"role": "assistant", "content": streamed}
+            text = chat.panes[side].toPlainText()
+            assert "You: What is 3 plus 3?" in text and "tokens/s" in text
+        qtbot.waitUntil(lambda: controller.state == "ready", timeout=10_000)
+        proc = controller.child.proc
+        page.hide()  # leaving the page closes the chat: the child exits and frees the models
+        qtbot.waitUntil(lambda: controller.state == "off", timeout=30_000)
+        assert proc is not None and proc.poll() is not None
+        assert chat.start_button.isEnabled() and not chat.close_button.isEnabled()
+    finally:
+        page.shutdown()
+
+
+def test_shutdown_ends_a_loading_chat(qtbot: Any, ctx: Any, lora_run: Path) -> None:
+    page = _chat_page(qtbot, ctx, lora_run)
+    page.chat.start_button.click()
+    proc = page.chat_controller.child.proc
+    assert page.chat_controller.state == "loading"
+    page.shutdown()  # what app.aboutToQuit calls
+    assert proc is not None and proc.poll() is not None
+    assert page.chat_controller.state == "off"
