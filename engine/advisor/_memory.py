@@ -29,6 +29,9 @@ BNB_BLOCK = 256  # 8-bit optimizer block size (one fp32 absmax per block and sta
 CUDA_CONTEXT_GIB = (0.3, 0.45, 0.65)  # low / expected / high; not in torch's own counters
 ALLOCATOR_SLACK = (1.02, 1.07, 1.20)  # reserved / allocated
 ACTIVATION_SPREAD = (0.85, 1.0, 1.25)
+# Resident memory a CPU process grows by, per byte torch allocates during training (glibc
+# keeps freed blocks, oneDNN scratch): measured 1.19-1.47 on small Llamas, see docs/advisor.md.
+CPU_RSS_SLACK = (1.0, 1.25, 1.5)
 
 
 @dataclass(frozen=True)
@@ -358,8 +361,10 @@ def estimate(f: ModelFacts, counts: MethodCounts, s: Setup, *,
         return Estimate(parts, low, exp, high, compared=reserved[1])
     # On the CPU the comparison leaves out what is resident before training starts (the
     # interpreter, the libraries and the loaded weights): the callback measures that.
-    dynamic = [(a - t.weights) * correction for a in alloc]
+    dynamic = [(a - t.weights) * k * correction
+               for a, k in zip(alloc, CPU_RSS_SLACK, strict=True)]
     base = cpu_baseline + t.weights
+    parts["allocator"] = (alloc[1] - t.weights) * (CPU_RSS_SLACK[1] - 1)
     parts["process_baseline"] = cpu_baseline
     return Estimate(parts, dynamic[0] + base, dynamic[1] + base, dynamic[2] + base,
                     compared=dynamic[1])
