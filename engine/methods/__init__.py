@@ -51,18 +51,18 @@ METHODS: dict[str, MethodSpec] = {
         _lora.apply_dora, _lora.save, _lora.load_trained),
     "adapter": MethodSpec(
         "adapter", "Adapters (bottleneck)", "Small down/up-projection blocks after every "
-        "attention and feed-forward block (~3% trained). Modular, one per task; cannot be "
-        "merged into the base.", False, True, False, 1e-3, "adapter", _adapter.apply,
-        _adapter.save, _adapter.load_trained),
+        "attention and feed-forward block (~3% of a 135M model, ~0.4% of an 8B one). "
+        "Modular, one per task; cannot be merged into the base.", False, True, False, 1e-3,
+        "adapter", _adapter.apply, _adapter.save, _adapter.load_trained),
     "prefix": MethodSpec(
         "prefix", "Prefix tuning", "Trained key/value vectors in front of every layer's "
-        "attention (~0.1%). For very tight memory; weaker than LoRA. Not mergeable.", False,
+        "attention (~0.02-0.2%). For very tight memory; weaker than LoRA. Not mergeable.", False,
         True, False, 1e-2, "adapter", _prompt.apply_prefix, _prompt.save,
         _prompt.load_trained, packs=False),
     "ptuning_v2": MethodSpec(
         "ptuning_v2", "P-tuning v2", "Deep prompt tuning: prefix tuning at every layer "
-        "without reparameterisation (~0.1-0.2%). Suits prompt-style and classification tasks. "
-        "Not mergeable.", False, True, False, 1e-2, "adapter", _prompt.apply_ptuning_v2,
+        "without reparameterisation (~0.02-0.2%). Suits prompt-style and classification "
+        "tasks. Not mergeable.", False, True, False, 1e-2, "adapter", _prompt.apply_ptuning_v2,
         _prompt.save, _prompt.load_trained, packs=False),
     "prompt": MethodSpec(
         "prompt", "Prompt tuning", "Trained embeddings of a few virtual tokens at the input "
@@ -71,7 +71,7 @@ METHODS: dict[str, MethodSpec] = {
         _prompt.load_trained, packs=False),
     "ia3": MethodSpec(
         "ia3", "IA³", "Learned vectors that rescale keys, values and feed-forward "
-        "activations (~0.01%). Tiny, mergeable.", True, True, False, 3e-3, "adapter",
+        "activations (~0.01-0.05%). Tiny, mergeable.", True, True, False, 3e-3, "adapter",
         _ia3.apply, _ia3.save, _ia3.load_trained),
 }
 
