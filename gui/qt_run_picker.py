@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from gui.qt_widgets import muted
@@ -33,6 +34,7 @@ class QtRunPicker(QWidget):
         super().__init__(parent)
         self.ctx, self.job, self._channel = ctx, ctx.job, channel
         self.runs: list[RunSummary] = []
+        self._shown = False
         self.controller = shared_controller(ctx.job)
         self.combo = QComboBox()
         self.combo.setMinimumWidth(320)
@@ -124,6 +126,12 @@ class QtRunPicker(QWidget):
         if self.controller.run_dir is not None:
             self.select(self.controller.run_dir)
             self.refresh()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if not event.spontaneous() and self._shown:  # back on the page: runs may have come
+            self.refresh()
+        self._shown = True
 
     def _on_job_changed(self, key: str) -> None:
         if key in ("", "output.runs_dir"):
