@@ -265,3 +265,19 @@ def test_qlora_weights_match_a_real_4bit_model(double_quant: bool, tmp_path: Any
     predicted = mem.weight_bytes(model_facts(config), method_counts(config, "qlora", opts),
                                  Setup(method="qlora", double_quant=double_quant, r=8))
     assert predicted == pytest.approx(_quantized_bytes(model), rel=0.01)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "dora", "adapter", "prefix", "ptuning_v2",
+                                    "prompt", "ia3"])
+def test_advisor_counts_match_what_the_engine_trains(method: str) -> None:
+    """The advisor's meta-device counts and engine.methods apply each method the same way."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.config import MethodConfig
+    from engine.methods import METHODS
+
+    config = tiny_config()
+    model = METHODS[method].apply(AutoModelForCausalLM.from_config(config),
+                                  MethodConfig(name=method, r=8), "sft")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert method_counts(config, method, MethodOptions(r=8)).trainable == trainable

@@ -202,15 +202,12 @@ def peft_config(method: str, config: Any, opts: MethodOptions) -> Any:
         return peft.LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
                                target_modules=targets, use_dora=method == "dora",
                                init_lora_weights=method == "dora", task_type="CAUSAL_LM")
-    if method == "prefix":
-        return peft.PrefixTuningConfig(num_virtual_tokens=opts.num_virtual_tokens,
-                                       prefix_projection=opts.prefix_projection,
-                                       encoder_hidden_size=config.hidden_size,
-                                       task_type="CAUSAL_LM")
-    if method == "ptuning_v2":
-        return peft.PromptEncoderConfig(num_virtual_tokens=opts.num_virtual_tokens,
-                                        encoder_hidden_size=config.hidden_size,
-                                        task_type="CAUSAL_LM")
+    if method in ("prefix", "ptuning_v2"):
+        # P-tuning v2 is deep prefix tuning without reparameterisation (engine/methods/_prompt)
+        return peft.PrefixTuningConfig(
+            num_virtual_tokens=opts.num_virtual_tokens,
+            prefix_projection=method == "prefix" and opts.prefix_projection,
+            encoder_hidden_size=config.hidden_size, task_type="CAUSAL_LM")
     if method == "prompt":
         return peft.PromptTuningConfig(num_virtual_tokens=opts.num_virtual_tokens,
                                        task_type="CAUSAL_LM")
