@@ -8,6 +8,7 @@ import sys
 import time
 
 START = time.perf_counter()
+QUIT_WAIT_MS = 2000  # how long quitting waits for a running engine call
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -33,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         from gui.app import report_when_visible
 
         report_when_visible(window, START)
-    return app.exec()
+    code = app.exec()
+    if not ctx.tasks.shutdown(QUIT_WAIT_MS):
+        # An engine call (say, importing torch) is still running and its answer is not wanted:
+        # don't make the user wait for it. Settings were synced when the window closed.
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def create_app(app: QApplication, *, theme: str = "system",
         follow_system_theme(app)
     ctx = create_context(settings or AppSettings(), parent=app)
     ctx.tasks.hold()  # the window releases it once it has painted
-    app.aboutToQuit.connect(ctx.tasks.shutdown)
+    app.aboutToQuit.connect(ctx.tasks.close)
     return ctx
 
 
@@ -53,9 +53,9 @@ class _FirstPaint(QObject):
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:
         if event.type() == QEvent.Type.Paint:
             obj.removeEventFilter(self)
+            QTimer.singleShot(0, QApplication.quit)  # first: a closed stdout must not stop it
             print(f"visible {time.perf_counter() - self._start:.3f}", flush=True)
             print(f"title {obj.windowTitle()}", flush=True)
-            QTimer.singleShot(0, QApplication.quit)
         return False
 
 

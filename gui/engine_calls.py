@@ -39,6 +39,15 @@ def list_catalog() -> list[dict[str, Any]]:
     return catalog.list_models()
 
 
+def model_choices() -> dict[str, Any]:
+    """The built-in defaults (name → task, license, description) and the catalog entries."""
+    from engine.models import DEFAULT_MODELS
+
+    defaults = {name: {"task": d.task, "license": d.license, "description": d.description}
+                for name, d in DEFAULT_MODELS.items()}
+    return {"defaults": defaults, "catalog": list_catalog()}
+
+
 def _catalog_entry(source: str) -> dict[str, Any] | None:
     if not available("engine.catalog"):
         return None

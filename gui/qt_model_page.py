@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
 
 from engine.config import TASKS
 from engine.errors import UserError
-from engine.models import DEFAULT_MODELS
 from gui import engine_calls
 from gui.qt_widgets import card, heading, page_layout
 from gui.theme import WONT_FIT
@@ -69,6 +68,7 @@ class QtModelPage(QWidget):
         super().__init__(parent)
         self.job, self.tasks = ctx.job, ctx.tasks
         self.info: dict[str, Any] = {}
+        self.defaults: dict[str, dict[str, Any]] = {}  # built-in models, once a worker read them
         layout = page_layout(self)
         layout.addWidget(heading("Model", "The base model to fine-tune: a built-in default "
                                  "(works offline), a popular model from the catalog, a local "
@@ -130,8 +130,7 @@ class QtModelPage(QWidget):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self._fill_catalog([])
-        self.tasks.submit("catalog", "Reading the model catalog…", engine_calls.list_catalog,
+        self.tasks.submit("catalog", "Reading the model catalog…", engine_calls.model_choices,
                           self._on_catalog_ready)
         self.table.itemSelectionChanged.connect(self._on_catalog_selected)
         inner.addWidget(self.table)
@@ -142,23 +141,25 @@ class QtModelPage(QWidget):
         """(display, source, params, context, license, origin) for defaults then the catalog."""
         rows = []
         entries = {e["name"]: e for e in catalog}
-        for name, default in DEFAULT_MODELS.items():
+        for name, default in self.defaults.items():
             entry = entries.pop(name, {})
-            label = entry.get("display_name") or default.description.split(" (")[0]
-            params = entry.get("params") or _described_size(default.description)
+            label = entry.get("display_name") or default["description"].split(" (")[0]
+            params = entry.get("params") or _described_size(default["description"])
             rows.append((f"★ {label}", name, params, entry.get("context_length"),
-                         default.license, "built-in (offline)"))
+                         default["license"], "built-in (offline)"))
         for entry in entries.values():
             rows.append((entry["display_name"], entry["hub_id"], entry.get("params"),
                          entry.get("context_length"), entry.get("license", ""), entry["hub_id"]))
         return rows
 
-    def _on_catalog_ready(self, catalog: list[dict[str, Any]]) -> None:
-        self._fill_catalog(catalog)
+    def _on_catalog_ready(self, choices: dict[str, Any]) -> None:
+        self.defaults = choices["defaults"]
+        self._fill_catalog(choices["catalog"])
         self._select_row(self.job.job.model.source)
 
     def _fill_catalog(self, catalog: list[dict[str, Any]]) -> None:
-        """The built-in defaults at once; the catalog (a YAML file) once a worker read it."""
+        """Read on a worker: the catalog is a YAML file and the defaults live in
+        engine.models, neither needed for the window's first paint."""
         rows = self._catalog_rows(catalog)
         self.table.setRowCount(len(rows))
         for r, (label, source, params, context, lic, origin) in enumerate(rows):
@@ -245,9 +246,9 @@ class QtModelPage(QWidget):
             self.source_error.show()
             return
         self.source_error.hide()
-        default = DEFAULT_MODELS.get(source)
+        default = self.defaults.get(source)
         if default is not None:
-            self.job.set("task", default.task)
+            self.job.set("task", default["task"])
 
     def _on_use_source(self) -> None:
         self._set_source(self.source_edit.text())

@@ -80,10 +80,15 @@ class TaskRunner(QObject):
         for runnable in held:
             self._pool.start(runnable)
 
-    def shutdown(self, msecs: int = 30000) -> bool:
-        """Accept no new tasks and wait for the running one (app quit, tests)."""
+    def close(self) -> None:
+        """Accept no new tasks and drop the queued ones; a running one finishes on its own."""
         self._closed = True
-        self._pool.clear()  # drop queued tasks that have not started
+        self._held = None
+        self._pool.clear()
+
+    def shutdown(self, msecs: int = 30000) -> bool:
+        """:meth:`close`, then wait for the running task (tests; app quit waits less)."""
+        self.close()
         return self._pool.waitForDone(msecs)
 
     def submit(self, channel: str, message: str, fn: Callable[[], Any],
