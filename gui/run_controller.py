@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal
@@ -273,7 +274,18 @@ class RunController(QObject):
         (self.run_dir / STOP_FILE).touch()
         self._write_stdin(b"stop\n")
         self._set_state("stopping")
-        self._kill_timer.start(int(1000 * (self.stop_grace_s if grace_s is None else grace_s)))
+        self._kill_timer.start(int(1000 * (self.grace_s() if grace_s is None else grace_s)))
+
+    def grace_s(self) -> float:
+        """How long a stopping run may stay silent before it is killed: ``stop_grace_s``, or
+        three times the longest recent wait between its events (a slow step, an evaluation)."""
+        recent: list[float] = []
+        for event in reversed(self.history[-20:]):
+            if isinstance(event, ev.RunStarted):
+                break  # a resumed run's history may hold a gap of days
+            recent.append(event.time)
+        gaps = [a - b for a, b in pairwise(recent)]
+        return max(self.stop_grace_s, 3 * max(gaps, default=0.0))
 
     def kill(self) -> None:
         """End the training process now (no checkpoint of the current step)."""
@@ -341,7 +353,8 @@ class RunController(QObject):
             if self._kill_timer.isActive():
                 # Stopping and still talking (the last step, an evaluation, the checkpoint
                 # being written): a slow machine is not a hung one. Wait the grace again.
-                self._kill_timer.start()
+                self._kill_timer.start(max(self._kill_timer.interval(),
+                                           int(1000 * self.grace_s())))
             self._on_batch(batch, lines)
             reader.consumed()
 

@@ -207,3 +207,14 @@ def test_a_refresh_keeps_several_selected_runs(qtbot: Any, ctx: AppContext,
                           check_params_cb=lambda busy, _msg: not busy):
         page.refresh()
     assert {p.name for p in page.selected_dirs()} == {"done", "stopped"}
+
+
+def test_stop_grace_follows_the_slowest_recent_wait() -> None:
+    from gui.run_controller import RunController
+
+    controller = RunController(stop_grace_s=60)
+    assert controller.grace_s() == 60
+    controller.history = [ev.RunFinished(time=10.0), ev.RunStarted(time=100_000.0),
+                          ev.Step(step=1, time=100_010.0), ev.Eval(step=1, time=100_100.0),
+                          ev.Step(step=2, time=100_110.0)]
+    assert controller.grace_s() == 270  # 3 × the 90 s evaluation; the old gap is history
