@@ -16,7 +16,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                                      "language model on your own machine.")
     parser.add_argument("job", nargs="?", help="a job file (YAML) to open")
     parser.add_argument("--page", default="model", help="the page to show first")
-    parser.add_argument("--theme", choices=("system", "light", "dark"), default="system")
+    parser.add_argument("--theme", choices=("system", "light", "dark"), default=None,
+                        help="default: the one chosen in View → Theme (system at first)")
     return parser.parse_args(argv)
 
 

@@ -13,17 +13,19 @@ from gui.pages import AppContext
 from gui.qt_main_window import QtMainWindow
 from gui.settings import AppSettings
 from gui.tasks import TaskRunner
-from gui.theme import apply_theme, follow_system_theme
+from gui.theme import THEMES, follow_system_theme, set_theme
 
 
-def create_app(app: QApplication, *, theme: str = "system",
+def create_app(app: QApplication, *, theme: str | None = None,
                settings: AppSettings | None = None) -> AppContext:
+    """``theme`` None: the one saved in the settings (View → Theme), else follow the system."""
     app.setApplicationName("Tunesmith")
     app.setOrganizationName("Tunesmith")
-    apply_theme(app, None if theme == "system" else theme == "dark")
-    if theme == "system":
-        follow_system_theme(app)
-    ctx = create_context(settings or AppSettings(), parent=app)
+    settings = settings or AppSettings()
+    saved = str(settings.value("theme", "system"))
+    set_theme(app, theme or (saved if saved in THEMES else "system"))
+    follow_system_theme(app)
+    ctx = create_context(settings, parent=app)
     ctx.tasks.hold()  # the window releases it once it has painted
     app.aboutToQuit.connect(ctx.tasks.close)
     return ctx

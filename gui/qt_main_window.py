@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence, QShowEvent
+from PySide6.QtGui import (
+    QAction,
+    QActionGroup,
+    QCloseEvent,
+    QGuiApplication,
+    QKeySequence,
+    QShowEvent,
+)
 from PySide6.QtWidgets import (
+    QApplication,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -24,6 +32,7 @@ from PySide6.QtWidgets import (
 from engine.config import JobConfig
 from gui import job_files
 from gui.pages import PAGES, AppContext, page_spec
+from gui.theme import THEMES, set_theme
 
 BUSY_DELAY_MS = 1000  # show the busy indicator only for waits longer than a second
 RELEASE_TASKS_MS = 100  # start queued engine calls this long after the first paint
@@ -120,12 +129,32 @@ class QtMainWindow(QMainWindow):
             menu.addAction(action)
         menu.addSeparator()
         menu.addAction(quit_action)
+        self._build_theme_menu()
         toolbar = self.addToolBar("Job")
         toolbar.setObjectName("jobToolbar")
         toolbar.setMovable(False)
         for action in (self.new_action, self.open_action, self.save_action,
                        self.save_as_action, self.copy_cli_action):
             toolbar.addAction(action)
+
+    def _build_theme_menu(self) -> None:
+        menu = self.menuBar().addMenu("&View").addMenu("&Theme")
+        group = QActionGroup(self)
+        current = QApplication.instance().property("tunesmith_theme") or "system"
+        self.theme_actions: dict[str, QAction] = {}
+        for theme in THEMES:
+            action = QAction("Follow the system" if theme == "system" else theme.capitalize(),
+                             self, checkable=True, checked=theme == current)
+            action.triggered.connect(lambda _c=False, t=theme: self._on_theme_chosen(t))
+            group.addAction(action)
+            menu.addAction(action)
+            self.theme_actions[theme] = action
+
+    def _on_theme_chosen(self, theme: str) -> None:
+        set_theme(QApplication.instance(), theme)
+        self.ctx.settings.set_value("theme", theme)
+        self.statusBar().showMessage("Theme changed; charts and previews pick it up when "
+                                     "they next redraw.", 4000)
 
     def _build_status_bar(self) -> None:
         self.path_label = QLabel()

@@ -77,6 +77,19 @@ def apply_theme(app: QApplication, dark: bool | None = None) -> None:
     app.setProperty("tunesmith_dark", dark)
 
 
+THEMES = ("system", "light", "dark")
+
+
+def set_theme(app: QApplication, theme: str) -> None:
+    """``system`` follows the OS (and its later switches); ``light``/``dark`` pin one."""
+    app.setProperty("tunesmith_theme", theme)
+    apply_theme(app, None if theme == "system" else theme == "dark")
+
+
 def follow_system_theme(app: QApplication) -> None:
     """Re-apply the palette when the system switches between light and dark."""
-    QGuiApplication.styleHints().colorSchemeChanged.connect(lambda _s: apply_theme(app))
+    def on_change(_scheme: object) -> None:
+        if app.property("tunesmith_theme") in (None, "system"):
+            apply_theme(app)
+
+    QGuiApplication.styleHints().colorSchemeChanged.connect(on_change)

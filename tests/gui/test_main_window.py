@@ -140,3 +140,15 @@ def test_closing_with_unsaved_changes_asks(window, monkeypatch) -> None:
     assert not window.close()  # cancelled: the window stays
     assert window.isVisible()
     assert window.close()
+
+
+def test_theme_choice_is_applied_and_saved(window, ctx, qapp) -> None:
+    from gui.theme import is_dark
+
+    window.theme_actions["dark"].trigger()
+    assert is_dark()
+    assert ctx.settings.value("theme") == "dark"
+    window.theme_actions["light"].trigger()
+    assert not is_dark()
+    window.theme_actions["system"].trigger()
+    assert ctx.settings.value("theme") == "system"
