@@ -139,6 +139,24 @@ class RunFinished:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Exported:
+    """One finished export: an adapter folder, a merged model folder, or a GGUF file.
+
+    ``max_logit_diff`` is the largest absolute logit difference found by the export's check
+    (merged vs base+adapter in fp32, or GGUF vs merged), ``None`` where nothing was compared.
+    """
+
+    type: str = "exported"
+    time: float = field(default_factory=_now)
+    path: str = ""
+    kind: str = "adapter"  # adapter | merged | gguf
+    max_logit_diff: float | None = None
+    files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Unknown:
     """An event of a type this reader does not know (written by a newer engine)."""
 
@@ -149,14 +167,14 @@ class Unknown:
 
 Event = (
     RunStarted | Progress | DataReady | Step | Eval | Sample | Checkpoint | Warning | Error
-    | RunFinished | Unknown
+    | RunFinished | Exported | Unknown
 )
 EventSink = Callable[[Event], None]
 
 EVENT_TYPES: dict[str, type] = {
     cls.type: cls  # type: ignore[attr-defined]
     for cls in (RunStarted, Progress, DataReady, Step, Eval, Sample, Checkpoint, Warning, Error,
-                RunFinished)
+                RunFinished, Exported)
 }
 
 
