@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.config import JobConfig
 from engine.errors import UserError
 from gui import job_files
 from gui.presets import load_preset, preset_names
@@ -54,6 +55,24 @@ def advanced_keys() -> list[str]:
     return [k for keys in advanced_sections().values() for k in keys]
 
 
+def step_summary(job: JobConfig) -> str:
+    """The arithmetic a user would do by hand: effective batch, tokens per step, run length."""
+    t, d = job.training, job.dataset
+    effective = t.batch_size * t.grad_accum
+    length = (f"<b>{t.max_steps:,}</b> optimizer steps" if t.max_steps > 0
+              else f"<b>{t.epochs:g}</b> passes over the training rows")
+    held_out = (f"{d.eval_split:.0%} of the rows" if d.eval_split < 1
+                else f"{int(d.eval_split)} rows")
+    ckpt = "on (less memory, ~30% slower)" if t.gradient_checkpointing else "off"
+    return (f"Effective batch: {t.batch_size} × {t.grad_accum} = <b>{effective}</b> sequences "
+            f"per optimizer step, up to <b>{effective * d.max_length:,}</b> tokens "
+            f"(max length {d.max_length:,}).<br><br>"
+            f"Run length: {length}; learning rate {t.learning_rate:g} with a {t.lr_scheduler} "
+            f"schedule after {t.warmup_ratio:.0%} warm-up.<br><br>"
+            f"Held out for evaluation: {held_out}. Gradient checkpointing: {ckpt}. "
+            f"Precision: {t.precision}. Optimizer: {t.optimizer}.")
+
+
 class QtHyperparamsPage(QWidget):
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -72,7 +91,10 @@ class QtHyperparamsPage(QWidget):
         basic_layout.addWidget(self.basic_form)
         left.addWidget(basic, 1)
         columns.addLayout(left, 1)
-        columns.addWidget(self._advanced_card(), 1)
+        self.right = QVBoxLayout()
+        self.right.addWidget(self._advanced_card(), 0)
+        self.right.addWidget(self._summary_card(), 1)
+        columns.addLayout(self.right, 1)
         layout.addLayout(columns, 1)
         layout.addWidget(self._job_file_card())
 
@@ -130,8 +152,18 @@ class QtHyperparamsPage(QWidget):
         self.advanced_hint.setWordWrap(True)
         self.advanced_hint.setStyleSheet("color: palette(placeholder-text);")
         inner.addWidget(self.advanced_hint)
-        inner.addStretch(0)  # takes the space only while the settings are hidden
         self.advanced_group = group
+        return group
+
+    def _summary_card(self) -> QWidget:
+        group, inner = card("What one step does")
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        self.summary.setTextFormat(Qt.TextFormat.RichText)
+        inner.addWidget(self.summary)
+        inner.addStretch(1)
+        self.job.changed.connect(self._on_summary_changed)
+        self._on_summary_changed()
         return group
 
     def _job_file_card(self) -> QWidget:
@@ -181,7 +213,12 @@ class QtHyperparamsPage(QWidget):
             return
         self.file_status.setText(f"Applied preset {name}.")
 
+    def _on_summary_changed(self, *_args: object) -> None:
+        self.summary.setText(step_summary(self.job.job))
+
     def _on_advanced_toggled(self, shown: bool) -> None:
+        self.right.setStretch(0, 1 if shown else 0)  # the settings take the column's height
+        self.right.setStretch(1, 0 if shown else 1)
         self.advanced_scroll.setVisible(shown)
         self.advanced_hint.setVisible(not shown)
         self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if shown

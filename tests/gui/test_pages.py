@@ -182,6 +182,7 @@ def test_hyperparameters_preset_advanced_and_save(qtbot, window, tmp_path, monke
     page.apply_preset_button.click()
     assert job.job.method.name == "qlora" and job.job.training.grad_accum == 8
     assert page.basic_form.editors["training.grad_accum"].value() == 8
+    assert "2 × 8 = <b>16</b>" in page.summary.text()  # the effective batch follows the job
     assert page.advanced_scroll.isHidden()
     page.advanced_toggle.click()
     assert not page.advanced_scroll.isHidden()
