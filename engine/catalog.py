@@ -20,7 +20,8 @@ CATALOG_FILE = RESOURCES / "catalog" / "models.yaml"
 
 @functools.cache
 def _entries() -> tuple[dict[str, Any], ...]:
-    data = yaml.safe_load(CATALOG_FILE.read_text(encoding="utf-8"))
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser is ~10× faster
+    data = yaml.load(CATALOG_FILE.read_text(encoding="utf-8"), Loader=loader)
     return tuple(data["models"])
 
 

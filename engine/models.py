@@ -16,10 +16,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import UserError
-from engine.events import EventSink, Progress
+
+if TYPE_CHECKING:
+    from engine.events import EventSink
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ def _convert_gguf(gguf: Path, target: Path, emit: EventSink | None) -> None:
     def report(i: int, message: str) -> None:
         line = f"[{i}/4] {message}"
         if emit is not None:
+            from engine.events import Progress
+
             emit(Progress(stage="convert_model", current=i, total=4, message=message))
         else:
             print(line, file=sys.stderr, flush=True)
