@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from PySide6.QtGui import QTextCursor
+from PySide6.QtGui import QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QGridLayout,
@@ -51,10 +51,13 @@ class QtChatPane(QTextBrowser):
     def add_token(self, text: str) -> None:
         cursor = self.textCursor()
         cursor.movePosition(QTextCursor.MoveOperation.End)
-        cursor.insertText(text)
+        cursor.insertText(text, QTextCharFormat())  # plain, whatever the note before it was
         self.ensureCursorVisible()
 
     def add_note(self, text: str) -> None:
+        cursor = self.textCursor()
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        cursor.insertBlock()  # under the answer, not after its last word
         self._append_html(f"<p style='margin:2px 0 6px 0; color:{muted_text()}; "
                           f"font-size:9pt'>{html.escape(text)}</p><p style='margin:0'></p>")
 
@@ -87,7 +90,7 @@ class QtChat(QWidget):
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setContentsMargins(8, 8, 8, 8)
         top = QHBoxLayout()
         self.start_button = QPushButton("Load models")
         self.close_button = QPushButton("Close chat")

@@ -134,10 +134,17 @@ class QtEvaluatePage(QWidget):
                                "predicted ones")
         self.note = muted(QLabel())
         self.note.setWordWrap(True)
+        self.explain = muted(QLabel(
+            "Loss: the mean cross-entropy per answer token on the run's held-out rows (the "
+            "tokens training learned from); lower is better. Perplexity is e^loss: roughly how "
+            "many tokens the model hesitates between. Base is the same model without the "
+            "trained weights."))
+        self.explain.setWordWrap(True)
         inner.addWidget(self.scores)
         inner.addWidget(self.matrix, 1)
         inner.addWidget(self.note)
-        inner.addStretch(0)
+        inner.addWidget(self.explain)
+        inner.addStretch(1)
         answers, inner2 = card("Answers side by side (greedy)")
         self.answers = QTextBrowser()
         self.answers.setPlaceholderText("Press Evaluate: base and tuned answer the same "
@@ -234,6 +241,9 @@ class QtEvaluatePage(QWidget):
             self.scores.setItem(row, 2, _item(text, color))
 
     def _show_classify(self, metrics: dict[str, Any]) -> None:
+        self.explain.setText("Accuracy and macro-F1 (the mean F1 over every label) of the tuned "
+                             "classifier on the held-out rows; the matrix counts true labels "
+                             "(rows) against predictions (columns).")
         self.scores.setVerticalHeaderLabels(["Accuracy", "Macro-F1"])
         self.scores.setHorizontalHeaderLabels(["Base", "Tuned", "Change"])
         for row, key in ((0, "accuracy"), (1, "macro_f1")):
