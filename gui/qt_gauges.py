@@ -7,6 +7,7 @@ takes ~100 ms where there is no driver, too slow for the GUI thread).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -18,7 +19,8 @@ from engine import events as ev
 from gui.run_controller import RunController
 
 INTERVAL_MS = 1000
-GPU_RETRY_S = 30.0  # without NVML, look for a GPU again this often
+GPU_RETRY_S = 60.0  # when NVML answered with no GPU, look again this often
+NO_DRIVER = ("LibraryNotFound", "not installed")  # gpu_status() reasons that will not change
 
 
 def read_telemetry(with_gpus: bool) -> dict[str, Any]:
@@ -45,7 +47,10 @@ class TelemetrySampler(QThread):
             now = time.monotonic()
             data = read_telemetry(with_gpus=now >= next_gpu_check)
             if "gpus" in data and not data["gpus"]:
-                next_gpu_check = now + GPU_RETRY_S  # no NVIDIA GPU: don't ask every second
+                # No NVIDIA GPU: don't ask every second (a failed NVML load holds the GIL for
+                # ~0.1 s). Without a driver library at all, don't ask again this session.
+                no_driver = any(w in data.get("reason", "") for w in NO_DRIVER)
+                next_gpu_check = math.inf if no_driver else now + GPU_RETRY_S
             self.reading.emit(data)
             end = now + self.interval_ms / 1000
             while not self.isInterruptionRequested() and time.monotonic() < end:

@@ -356,7 +356,14 @@ class RunController(QObject):
                 self._kill_timer.start(max(self._kill_timer.interval(),
                                            int(1000 * self.grace_s())))
             self._on_batch(batch, lines)
-            reader.consumed()
+            # Ask for the next batch on the next event-loop turn, so that timers and repaints
+            # run between two batches of a replay (a post from the reader thread would
+            # otherwise be handled in this same turn, and a replay would starve them).
+            QTimer.singleShot(0, self._on_credit)
+
+    def _on_credit(self) -> None:
+        if self._reader is not None:
+            self._reader.consumed()
 
     def _on_batch(self, batch: list[ev.Event], lines: list[str]) -> None:
         out: list[ev.Event] = []
