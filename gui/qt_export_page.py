@@ -102,7 +102,7 @@ class QtExportPage(QWidget):
         row.addWidget(self.status, 2)
         layout.addLayout(row)
         self.command = QPlainTextEdit(readOnly=True)
-        self.command.setMaximumHeight(58)
+        self.command.setFixedHeight(84)  # two commands, each wrapped once
         self.command.setStyleSheet("font-family: monospace;")
         self.command.setToolTip("The same export from a terminal")
         layout.addWidget(self.command)
@@ -245,6 +245,7 @@ class QtExportPage(QWidget):
             self.progress.setRange(0, 0)
             self.status.setText("Starting the engine…")
         elif state == "done":
+            self.result_view.verticalScrollBar().setValue(0)  # the first export first
             self.status.setText(f"<span style='color:{FITS}'>Done: "
                                 f"{len(self.controller.results)} export(s) written.</span>")
         elif state == "cancelled":
@@ -271,7 +272,7 @@ class QtExportPage(QWidget):
     @staticmethod
     def _result_html(r: dict[str, Any]) -> str:
         kind = str(r.get("kind", ""))
-        parts = [f"<p><b>{KIND_TITLES.get(kind, kind)}</b> → "
+        parts = [f"<p style='margin:0 0 4px 0'><b>{KIND_TITLES.get(kind, kind)}</b> → "
                  f"<code>{html.escape(str(r.get('path', '')))}</code><br>"]
         files = r.get("files") or []
         if files:
@@ -280,11 +281,6 @@ class QtExportPage(QWidget):
         if diff is not None:
             what = "GGUF vs merged" if kind == "gguf" else "merged vs base + adapter"
             parts.append(f"largest logit difference ({what}): <b>{diff:.2e}</b><br>")
-        details = r.get("details") or {}
-        if kind == "gguf" and "argmax_agreement" in details:
-            same = "same" if details.get("same_greedy_text") else "a different"
-            parts.append(f"verified by loading it back: next-token agreement "
-                         f"{details['argmax_agreement']:.1%}, {same} greedy answer<br>")
         for note in r.get("notes") or []:
             parts.append(f"• {html.escape(str(note))}<br>")
         parts.append("</p>")
