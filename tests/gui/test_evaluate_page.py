@@ -94,3 +94,30 @@ def test_cancel_ends_the_child(qtbot: Any, ctx: Any, lora_run: Path) -> None:
     qtbot.waitUntil(lambda: page.controller.state == "cancelled", timeout=30_000)
     assert proc is not None and proc.poll() is not None
     assert page.status.text() == "Cancelled." and page.evaluate_button.isEnabled()
+
+
+def test_classification_result_shows_metrics_and_confusion_matrix(qtbot: Any, ctx: Any,
+                                                                  tmp_path: Path) -> None:
+    """The view of a classify run's evaluation.json (the engine's own format, as written by
+    engine.evaluate for a classify run; its child is covered by tests/test_evaluate.py)."""
+    from engine.classify import classification_metrics
+    from gui.qt_evaluate_page import QtEvaluatePage
+
+    ctx.job.set("output.runs_dir", str(tmp_path / "runs"))
+    page = QtEvaluatePage(ctx)
+    qtbot.addWidget(page)
+    metrics = classification_metrics([0, 1, 1, 2, 2, 0], [0, 1, 2, 2, 2, 1],
+                                     ["billing", "bug", "praise"])
+    page._on_result({"task": "classify", "method": "lora", "eval_rows": 6, "tuned": metrics,
+                     "note": "the base model has no trained classifier head", "elapsed_s": 1.0})
+    assert page.scores.verticalHeaderItem(0).text() == "Accuracy"
+    assert page.scores.item(0, 1).text() == f"{metrics['accuracy']:.3f}"
+    assert page.scores.item(1, 1).text() == f"{metrics['macro_f1']:.3f}"
+    assert page.scores.item(0, 0).text() == "—"  # no base score: the head is new
+    assert not page.matrix.isHidden() and page.matrix.rowCount() == 3
+    assert page.matrix.verticalHeaderItem(2).text() == "praise"
+    assert page.matrix.horizontalHeaderItem(1).text() == "→ bug"
+    assert [[page.matrix.item(i, j).text() for j in range(3)] for i in range(3)] == \
+        [["1", "0", "0"], ["1", "1", "0"], ["0", "1", "2"]]
+    assert "no trained classifier head" in page.note.text()
+    page.shutdown()
