@@ -207,7 +207,11 @@ def test_packing_is_exact(tiny_llama_dir: Path, tokenizer) -> None:
 def test_inspect_with_model_gives_lengths_and_preview(tmp_path: Path,
                                                       tiny_llama_dir: Path) -> None:
     path = _write(tmp_path / "d.jsonl", ROWS["messages"])
-    report = inspect_dataset(str(path), model_source=str(tiny_llama_dir), max_length=16)
-    assert report.format == "messages" and not report.problems
-    assert len(report.lengths) == 2 and report.truncated == 2
-    assert any(trained for _text, trained in report.preview[0])
+    full = inspect_dataset(str(path), model_source=str(tiny_llama_dir), max_length=512)
+    assert full.format == "messages" and not full.problems
+    assert len(full.lengths) == 2 and full.truncated == 0
+    assert any(trained for _text, trained in full.preview[0])
+    # One token short: both rows are truncated (cutting the final newline), none dropped.
+    short = inspect_dataset(str(path), model_source=str(tiny_llama_dir),
+                            max_length=min(full.lengths) - 1)
+    assert (short.truncated, short.dropped, len(short.preview)) == (2, 0, 2)
