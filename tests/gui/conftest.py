@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -91,3 +92,36 @@ def window(qtbot, ctx):  # type: ignore[no-untyped-def]
     win.shutdown()
     win.close()
     shiboken6.delete(win)
+
+
+def _train_tiny(model_dir: Path, root: Path, method: str = "lora") -> Path:
+    """A finished 2-step run of ``method`` under ``root/runs``."""
+    from engine import events as ev
+    from engine.config import job_from_dict, save_job
+    from engine.training import run_training
+
+    data = root / "chat.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What is {i} plus {i}?"},
+        {"role": "assistant", "content": f"Arr, it be {2 * i}!"}]}) for i in range(24)) + "\n")
+    job = job_from_dict({
+        "name": f"tiny-{method}", "model": {"source": str(model_dir)},
+        "dataset": {"path": str(data), "max_length": 64, "eval_split": 2},
+        "method": {"name": method, "r": 4, "num_virtual_tokens": 4},
+        "training": {"max_steps": 2, "batch_size": 2, "logging_steps": 1},
+        "output": {"runs_dir": str(root / "runs")}})
+    run_dir = root / "runs" / f"tiny-{method}-20250101-000000"
+    run_dir.mkdir(parents=True)
+    save_job(job, run_dir / "job.yaml")
+    writer = ev.EventWriter(run_dir / ev.EVENTS_FILE)
+    try:
+        assert run_training(job, run_dir=run_dir, emit=writer).status == "completed"
+    finally:
+        writer.close()
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def train_tiny_run():  # type: ignore[no-untyped-def]
+    """``train_tiny_run(model_dir, root, method)``: a finished 2-step run under root/runs."""
+    return _train_tiny

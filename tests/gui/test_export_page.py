@@ -6,7 +6,6 @@ A LoRA run is exported as an adapter and as a merged model into tmp_path; a pref
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,37 +15,11 @@ from PySide6.QtWidgets import QMessageBox
 CHILD_MS = 240_000  # two export children, each importing torch, on a loaded 2-core machine
 
 
-def train_tiny(model_dir: Path, root: Path, method: str = "lora") -> Path:
-    """A finished 2-step run of ``method`` under ``root/runs``."""
-    from engine import events as ev
-    from engine.config import job_from_dict, save_job
-    from engine.training import run_training
-
-    data = root / "chat.jsonl"
-    data.write_text("\n".join(json.dumps({"messages": [
-        {"role": "user", "content": f"What is {i} plus {i}?"},
-        {"role": "assistant", "content": f"Arr, it be {2 * i}!"}]}) for i in range(24)) + "\n")
-    job = job_from_dict({
-        "name": f"tiny-{method}", "model": {"source": str(model_dir)},
-        "dataset": {"path": str(data), "max_length": 64, "eval_split": 2},
-        "method": {"name": method, "r": 4, "num_virtual_tokens": 4},
-        "training": {"max_steps": 2, "batch_size": 2, "logging_steps": 1},
-        "output": {"runs_dir": str(root / "runs")}})
-    run_dir = root / "runs" / f"tiny-{method}-20250101-000000"
-    run_dir.mkdir(parents=True)
-    save_job(job, run_dir / "job.yaml")
-    writer = ev.EventWriter(run_dir / ev.EVENTS_FILE)
-    try:
-        assert run_training(job, run_dir=run_dir, emit=writer).status == "completed"
-    finally:
-        writer.close()
-    return run_dir
-
-
 @pytest.fixture(scope="module")
-def runs(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+            train_tiny_run: Any) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export")
-    return {m: train_tiny(tiny_llama_dir, root, m) for m in ("lora", "prefix")}
+    return {m: train_tiny_run(tiny_llama_dir, root, m) for m in ("lora", "prefix")}
 
 
 def _page(qtbot: Any, ctx: Any, runs_dir: Path) -> Any:
