@@ -274,6 +274,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate_run(args.run_dir, emit=emit, prompts=prompts,
                               max_new_tokens=args.max_new_tokens)
+    except UserError as exc:
+        if args.events_stdout:  # the GUI reads the reason as an event, like train and export
+            emit(ev.Error(code=exc.code, message=exc.message, advice=exc.advice))
+        raise
     finally:
         sys.stdout = out
     if args.json:

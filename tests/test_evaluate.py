@@ -109,3 +109,15 @@ def test_evaluate_methods_without_a_switch(method: str, lora_run: Path,
                                                                   max_new_tokens=2)
     assert result["base"]["loss"] == pytest.approx(reference["base"]["loss"], rel=1e-5)
     assert result["tuned"]["loss"] != pytest.approx(result["base"]["loss"], rel=1e-6)
+
+
+def test_user_error_is_an_event_for_the_gui(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "engine", "evaluate", str(tmp_path / "nope"),
+                           "--events-stdout"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stdout.splitlines()
+    assert json.loads(line)["type"] == "error" and "not a run folder" in line
