@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
@@ -132,6 +131,3 @@ def generate_samples(model: Any, tokenizer: Any, prompts: list[str],
         model.train(was_training)
     return out
 
-
-def checkpoint_event(path: Path, step: int) -> ev.Checkpoint:
-    return ev.Checkpoint(step=step, path=str(path))

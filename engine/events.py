@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -192,6 +191,18 @@ def from_json(line: str | dict[str, Any]) -> Event:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def json_line(line: str) -> dict[str, Any] | None:
+    """The JSON object with a ``type`` on a line of a child's output, or None for other text."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and "type" in data else None
+
+
 def read_events(path: str | Path) -> list[Event]:
     """Every complete event in an events file (a torn last line is skipped)."""
     events: list[Event] = []
@@ -230,7 +241,3 @@ class EventWriter:
     def close(self) -> None:
         self._fh.close()
 
-
-def stdout_sink(event: Event) -> None:
-    sys.stdout.write(to_json(event) + "\n")
-    sys.stdout.flush()

@@ -113,12 +113,9 @@ def read_system_stats() -> dict[str, Any]:
 
 def _peak_rss_gb() -> float | None:
     """This process's peak resident memory in GiB (None where the OS does not say)."""
-    try:
-        import resource
-        import sys
+    from engine.telemetry_mem import peak_rss_bytes
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        # Linux reports KiB, macOS bytes.
-        return round(peak / (GIB if sys.platform == "darwin" else 1024**2), 3)
+    try:
+        return round(peak_rss_bytes() / GIB, 3) or None
     except Exception:
         return None

@@ -21,6 +21,8 @@ from typing import IO, Any
 
 from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal
 
+from engine import events as ev
+
 STDERR_TAIL = 40  # stderr lines kept to explain a failure
 CLOSE_GRACE_MS = 3000  # after closing the chat's stdin, the child gets this long to exit
 
@@ -43,22 +45,12 @@ class _LineReader(QThread):
     def run(self) -> None:
         for raw in iter(self._stream.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            data = _json_object(line)
+            data = ev.json_line(line)
             if data is not None:
                 self.message.emit(data)
             elif line.strip():
                 self.tail.append(line.split("\r")[-1])
                 self.text.emit(line)
-
-
-def _json_object(line: str) -> dict[str, Any] | None:
-    if not line.startswith("{"):
-        return None
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) and "type" in data else None
 
 
 class EngineChild(QObject):

@@ -8,7 +8,6 @@ machine off): resume it from its last checkpoint.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,14 +66,8 @@ class Curves:
 
 def parse_line(text: str) -> ev.Event | None:
     """The event on a line, or None when the line is not a JSON event (skipped)."""
-    text = text.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return ev.from_json(data) if isinstance(data, dict) and "type" in data else None
+    data = ev.json_line(text)
+    return None if data is None else ev.from_json(data)
 
 
 def read_events(path: str | Path) -> list[ev.Event]:

@@ -23,16 +23,9 @@ from transformers import TrainerCallback
 from engine.advisor import _corrections
 from engine.advisor._memory import GIB
 from engine.events import EventSink, Warning
+from engine.telemetry_mem import peak_rss_bytes as _peak_rss_bytes
 
 TOLERANCE = 0.10
-
-
-def _peak_rss_bytes() -> int:
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _rss_bytes() -> int:

@@ -13,7 +13,6 @@ from engine.data._formats import EXPECTED, Sample, detect_format, to_samples
 from engine.data._readers import Row, dataset_files, read_rows
 from engine.data._tokenize import (
     IGNORE,
-    EncodeStats,
     encode_all,
     ensure_chat_template,
     pack,
@@ -217,12 +216,8 @@ def inspect_dataset(path: str, *, format: str = "auto", model_source: str | None
         return report
     ensure_chat_template(tokenizer)
     encoded, stats = encode_all(tokenizer, samples, max_length, overflow)
-    _fill_from_stats(report, stats)
+    report.lengths, report.truncated, report.dropped = (stats.lengths, stats.truncated,
+                                                        stats.dropped)
     report.preview = [segments(tokenizer, e.input_ids, e.labels) for e in encoded[:preview_rows]]
     return report
 
-
-def _fill_from_stats(report: DatasetReport, stats: EncodeStats) -> None:
-    report.lengths = stats.lengths
-    report.truncated = stats.truncated
-    report.dropped = stats.dropped

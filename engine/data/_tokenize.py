@@ -73,8 +73,8 @@ def _encode_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tupl
     for k, (a, b) in enumerate(offsets):
         if b > a and any(s <= a < e for s, e in spans):
             labels[k] = ids[k]
-    # Trailing whitespace after the answer (a newline the template adds) is not worth training,
-    # but the end-of-turn token is: make sure each answer's trained tokens end with EOS.
+    # The span runs to the end of the answer's turn, so the end-of-turn token (EOS for chat
+    # models) is trained; encode_sample appends EOS where a template does not emit one.
     return ids, labels
 
 
