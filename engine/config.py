@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 
 from engine.errors import ConfigError, UserError
+from engine.methods import METHODS
 
 TASKS = ("sft", "classify")
 FORMATS = ("auto", "alpaca", "sharegpt", "messages", "text", "prompt_completion",
            "classification")
-METHODS = ("full", "lora", "qlora", "dora", "adapter", "prefix", "ptuning_v2", "prompt", "ia3")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -28,9 +28,14 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
 
 
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(key, f"{value!r} is not one of {', '.join(choices)}")
+def _check_choices(obj: Any, section: str = "") -> None:
+    """Check every field of ``obj`` that lists ``choices`` in its metadata, naming the key."""
+    for f in dataclasses.fields(obj):
+        choices = f.metadata.get("choices")
+        value = getattr(obj, f.name)
+        if choices is not None and value not in choices:
+            key = f"{section}.{f.name}" if section else f.name
+            raise ConfigError(key, f"{value!r} is not one of {', '.join(choices)}")
 
 
 def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None,
@@ -55,8 +60,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.source.strip():
             raise ConfigError("model.source", "is empty", "name a default, hub id, folder or .gguf")
-        _check_choice("model.attn_implementation", self.attn_implementation,
-                      ("sdpa", "eager", "flash_attention_2"))
+        _check_choices(self, "model")
 
 
 @dataclass
@@ -85,9 +89,7 @@ class DatasetConfig:
     max_rows: int = field(default=0, metadata=_help("Use only the first N rows (0: all)."))
 
     def __post_init__(self) -> None:
-        _check_choice("dataset.format", self.format, FORMATS)
-        _check_choice("dataset.overflow", self.overflow, ("truncate", "drop"))
-        _check_choice("dataset.packing", self.packing, ("auto", "on", "off"))
+        _check_choices(self, "dataset")
         _check_range("dataset.max_length", self.max_length, 8)
         _check_range("dataset.eval_split", self.eval_split, 0)
         _check_range("dataset.max_rows", self.max_rows, 0)
@@ -96,8 +98,8 @@ class DatasetConfig:
 @dataclass
 class MethodConfig:
     name: str = field(default="lora", metadata=_help(
-        "How to fine-tune: full, lora, qlora, dora, adapter, prefix, ptuning_v2, prompt, ia3.",
-        choices=METHODS))
+        "How to fine-tune: lora (the default), qlora, full, ... (the methods of "
+        "engine.methods; a wrong name lists them all).", choices=METHODS))
     r: int = field(default=16, metadata=_help("LoRA/DoRA/QLoRA rank: size of the update."))
     alpha: float = field(default=32, metadata=_help(
         "LoRA scaling; the update is multiplied by alpha / r."))
@@ -114,7 +116,7 @@ class MethodConfig:
         "QLoRA: quantize the quantization constants too (saves ~0.4 bit per weight)."))
 
     def __post_init__(self) -> None:
-        _check_choice("method.name", self.name, METHODS)
+        _check_choices(self, "method")
         _check_range("method.r", self.r, 1)
         _check_range("method.alpha", self.alpha, 0, lo_open=True)
         _check_range("method.dropout", self.dropout, 0, 0.9)
@@ -163,24 +165,20 @@ class TrainingConfig:
         "Length of the sample answers."))
 
     def __post_init__(self) -> None:
+        _check_choices(self, "training")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError("training.max_steps", f"{self.max_steps} must be -1 or >= 1")
         _check_range("training.epochs", self.epochs, 0, lo_open=True)
         _check_range("training.batch_size", self.batch_size, 1)
         _check_range("training.grad_accum", self.grad_accum, 1)
         _check_range("training.learning_rate", self.learning_rate, 0, 1, lo_open=True)
-        _check_choice("training.lr_scheduler", self.lr_scheduler, ("cosine", "linear", "constant"))
         _check_range("training.warmup_ratio", self.warmup_ratio, 0, 1)
         _check_range("training.weight_decay", self.weight_decay, 0)
         _check_range("training.max_grad_norm", self.max_grad_norm, 0)
-        _check_choice("training.optimizer", self.optimizer,
-                      ("adamw", "adamw_8bit", "paged_adamw_8bit"))
-        _check_choice("training.precision", self.precision, PRECISIONS)
         for key in ("eval_steps", "save_steps"):
             _check_range(f"training.{key}", getattr(self, key), 0)
         _check_range("training.save_total_limit", self.save_total_limit, 1)
         _check_range("training.logging_steps", self.logging_steps, 1)
-        _check_choice("training.device", self.device, ("auto", "cuda", "mps", "cpu"))
         _check_range("training.sample_max_new_tokens", self.sample_max_new_tokens, 1)
 
 
@@ -202,7 +200,7 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("task", self.task, TASKS)
+        _check_choices(self)
         if not self.name or any(c in self.name for c in '/\\:*?"<>|'):
             raise ConfigError("name", f"{self.name!r} cannot be a folder name",
                               "use letters, digits, - and _")

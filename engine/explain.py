@@ -190,8 +190,9 @@ def render(report: dict[str, Any], *, max_depth: int = 8, all_layers: bool = Fal
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="default name, folder, catalog name or "
                         "hub id (only the config is read)")
-    parser.add_argument("--method", default="lora", help="full, lora, qlora, dora, adapter, "
-                        "prefix, ptuning_v2, prompt, ia3")
+    from engine.methods import METHODS
+
+    parser.add_argument("--method", default="lora", help=", ".join(METHODS))
     parser.add_argument("--task", choices=("sft", "classify"), default=None,
                         help="default: classify for encoders (BERT), else sft")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -69,3 +69,28 @@ def test_every_key_has_help() -> None:
             for name in value:
                 assert field_help(section, name), f"{section}.{name} has no help text"
     assert "name:" in dump_job(job)
+
+
+def _fields_with_choices() -> list[tuple[str, str]]:
+    import dataclasses
+
+    from engine.config import JobConfig
+
+    out = []
+    for top in dataclasses.fields(JobConfig):
+        if "choices" in top.metadata:
+            out.append(("", top.name))
+        elif dataclasses.is_dataclass(top.default_factory):  # type: ignore[arg-type]
+            out += [(top.name, f.name) for f in dataclasses.fields(top.default_factory)
+                    if "choices" in f.metadata]
+    return out
+
+
+@pytest.mark.parametrize(("section", "name"), _fields_with_choices())
+def test_every_choice_list_is_checked_once(section: str, name: str) -> None:
+    """Validation reads the field's own ``choices``: a value outside them names the key."""
+    key = f"{section}.{name}" if section else name
+    data: dict = {name: "no-such-choice"} if not section else {section: {name: "no-such-choice"}}
+    with pytest.raises(ConfigError) as info:
+        job_from_dict(data)
+    assert info.value.key == key and "is not one of" in info.value.message

@@ -372,7 +372,8 @@ def _fake_method_run(lora_run: Path, tmp_path: Path, method: str, monkeypatch: A
     job = yaml.safe_load((run / "job.yaml").read_text())
     job["method"]["name"] = method
     (run / "job.yaml").write_text(yaml.safe_dump(job))
-    spec = dataclasses.replace(methods.METHODS["lora"], name=method, mergeable=False)
+    spec = dataclasses.replace(methods.METHODS["lora"], name=method, mergeable=False,
+                               why_not_mergeable=methods.METHODS[method].why_not_mergeable)
     monkeypatch.setitem(methods.METHODS, method, spec)
     return run
 

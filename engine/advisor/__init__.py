@@ -9,20 +9,25 @@ that fits with 10% headroom. A training run checks the prediction against its me
 
 from engine.advisor._corrections import correction_key, corrections_path, get_correction
 from engine.advisor._counts import (
-    ALL_METHODS,
     MethodCounts,
     MethodOptions,
     ModelFacts,
-    build_meta_model,
     method_counts,
     model_facts,
     resolve_model,
 )
-from engine.advisor._memory import Estimate, Setup, estimate, nf4_bytes_per_param
+from engine.advisor._memory import (
+    MEMORY_TERMS,
+    Estimate,
+    Setup,
+    estimate,
+    memory_model,
+    nf4_bytes_per_param,
+)
 from engine.advisor._recommend import advise, method_param_counts, predict_job_peak
 
 __all__ = [
-    "ALL_METHODS",
+    "MEMORY_TERMS",
     "Estimate",
     "MemoryCheckCallback",
     "MethodCounts",
@@ -30,11 +35,11 @@ __all__ = [
     "ModelFacts",
     "Setup",
     "advise",
-    "build_meta_model",
     "correction_key",
     "corrections_path",
     "estimate",
     "get_correction",
+    "memory_model",
     "method_counts",
     "method_param_counts",
     "model_facts",

@@ -7,16 +7,12 @@ memory, so an 8B model and its peft wrapper are counted in about a second, offli
 from __future__ import annotations
 
 import json
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import UserError
-
-LORA_METHODS = ("lora", "qlora", "dora")
-PEFT_PROMPT_METHODS = ("prefix", "ptuning_v2", "prompt")
-ALL_METHODS = ("full", "lora", "qlora", "dora", "adapter", "prefix", "ptuning_v2", "prompt",
-               "ia3")
+from engine.methods import METHODS
+from engine.methods.facts import build_meta_model
 
 # Linear layers grouped by the tensor they read, so a shared input is counted once.
 _INPUT_GROUPS = {
@@ -89,32 +85,6 @@ def config_key(config: Any) -> str:
     return json.dumps(config.to_dict(), sort_keys=True, default=str)
 
 
-def build_meta_model(config: Any) -> Any:
-    """The causal-LM model for ``config`` on the meta device, with tied weights tied."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    try:
-        with init_empty_weights(), _no_init():
-            model = AutoModelForCausalLM.from_config(config)
-    except (ValueError, KeyError) as exc:
-        raise UserError(f"cannot build a {config.model_type!r} model from its config: {exc}",
-                        "the advisor supports causal language models") from None
-    model.tie_weights()  # init_empty_weights skips tying; a tied head has no own weight
-    return model
-
-
-def _no_init() -> Any:
-    """Skip weight initialisation (nothing to initialise on the meta device)."""
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # older transformers
-        import contextlib
-
-        return contextlib.nullcontext()
-    return no_init_weights()
-
-
 def _decoder_layers(model: Any) -> Any:
     for module in model.modules():
         if module.__class__.__name__.endswith("DecoderLayer"):
@@ -162,7 +132,7 @@ def model_facts(config: Any) -> ModelFacts:
     """Architecture facts of ``config`` (cached per config)."""
     key = config_key(config)
     if key not in _FACTS:
-        _FACTS[key] = _facts_from_model(config, build_meta_model(config))
+        _FACTS[key] = _facts_from_model(config, build_meta_model(config, "sft"))
     return _FACTS[key]
 
 
@@ -192,61 +162,26 @@ class MethodOptions:
         return cls(**kwargs)
 
 
+def _method_config(method: str, opts: MethodOptions) -> Any:
+    from engine.methods.facts import method_config
+
+    return method_config(method, {**asdict(opts), "target_modules": list(opts.target_modules)})
+
+
 def peft_config(method: str, config: Any, opts: MethodOptions) -> Any:
-    """The peft config for ``method`` (None for full fine-tuning and the bottleneck adapter)."""
-    import peft
+    """The peft config the method's spec builds (None for full fine-tuning and adapters)."""
+    from engine.methods import get_method
 
-    targets: Any = ("all-linear" if list(opts.target_modules) == ["all-linear"]
-                    else list(opts.target_modules))
-    if method in LORA_METHODS:
-        return peft.LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
-                               target_modules=targets, use_dora=method == "dora",
-                               init_lora_weights=method == "dora", task_type="CAUSAL_LM")
-    if method in ("prefix", "ptuning_v2"):
-        # P-tuning v2 is deep prefix tuning without reparameterisation (engine/methods/_prompt)
-        return peft.PrefixTuningConfig(
-            num_virtual_tokens=opts.num_virtual_tokens,
-            prefix_projection=method == "prefix" and opts.prefix_projection,
-            encoder_hidden_size=config.hidden_size, task_type="CAUSAL_LM")
-    if method == "prompt":
-        return peft.PromptTuningConfig(num_virtual_tokens=opts.num_virtual_tokens,
-                                       task_type="CAUSAL_LM")
-    if method == "ia3":
-        return peft.IA3Config(task_type="CAUSAL_LM")
-    return None
-
-
-def adapter_sizes(facts: ModelFacts, bottleneck: int) -> tuple[int, ...]:
-    """Tensor sizes of bottleneck adapters: two per layer (after attention, after the MLP)."""
-    h, b = facts.hidden, bottleneck
-    one = (h * b, b, b * h, h)  # down weight, down bias, up weight, up bias
-    return one * (2 * facts.layers)
-
-
-def _apply_peft(config: Any, method: str, opts: MethodOptions) -> MethodCounts:
-    from accelerate import init_empty_weights
-    from peft import get_peft_model
-
-    model = build_meta_model(config)
-    try:
-        # The adapters go on the meta device too: allocating and initialising them for real
-        # would take seconds on an 8B model.
-        with warnings.catch_warnings(), init_empty_weights():
-            warnings.simplefilter("ignore", FutureWarning)  # peft calls a v5-deprecated name
-            wrapped = get_peft_model(model, peft_config(method, config, opts))
-    except ValueError as exc:
-        raise UserError(f"method {method!r} cannot be applied: {str(exc).splitlines()[0]}",
-                        "check method.target_modules") from None
-    sizes = tuple(p.numel() for p in wrapped.parameters() if p.requires_grad)
-    return MethodCounts(sum(sizes), _unique_params(wrapped), sizes)
+    build = get_method(method).peft_config
+    return None if build is None else build(_method_config(method, opts), "sft", config)
 
 
 def method_counts(config: Any, method: str, opts: MethodOptions | None = None) -> MethodCounts:
     """Exact trainable / total parameters of ``method`` on the model of ``config``."""
-    if method not in ALL_METHODS:
-        raise UserError(f"unknown method {method!r}", f"one of: {', '.join(ALL_METHODS)}")
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}", f"one of: {', '.join(METHODS)}")
     opts = opts or MethodOptions()
-    # QLoRA trains exactly LoRA's parameters; only the base is stored in 4 bits.
+    # A 4-bit base trains exactly the parameters of its 16-bit twin (QLoRA: LoRA's).
     key = (config_key(config), "lora" if method == "qlora" else method, repr(opts))
     if key not in _COUNTS:
         _COUNTS[key] = _count(config, method, opts)
@@ -254,13 +189,15 @@ def method_counts(config: Any, method: str, opts: MethodOptions | None = None) -
 
 
 def _count(config: Any, method: str, opts: MethodOptions) -> MethodCounts:
-    facts = model_facts(config)
-    if method == "full":
-        return MethodCounts(facts.total_params, facts.total_params, facts.param_sizes)
-    if method == "adapter":
-        sizes = adapter_sizes(facts, opts.bottleneck_size)
-        return MethodCounts(sum(sizes), facts.total_params + sum(sizes), sizes)
-    return _apply_peft(config, method, opts)
+    """The method applied by its own spec to a meta-device model, as a training run does."""
+    from engine.methods import count_parameters
+    from engine.methods.facts import apply_on_meta
+
+    model = apply_on_meta(build_meta_model(config, "sft"), method, _method_config(method, opts),
+                          "sft")
+    trainable, total = count_parameters(model)
+    sizes = tuple(p.numel() for p in model.parameters() if p.requires_grad)
+    return MethodCounts(trainable, total, sizes)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,14 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from engine.advisor._counts import LORA_METHODS, MethodCounts, ModelFacts
+from engine.advisor._counts import MethodCounts, ModelFacts
 
 GIB = 1024**3
-FROZEN_BASE_METHODS = ("adapter", "prefix", "ptuning_v2", "prompt", "ia3")
+# The memory models this module implements: each method's spec names one (its
+# ``memory_model``); the branches below are keyed by it, never by the method's name.
+MEMORY_TERMS = ("full", "lora", "qlora", "dora", "adapter", "prefix", "ptuning_v2", "prompt",
+                "ia3")
+LORA_KINDS = ("lora", "qlora", "dora")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps smaller tensors' states in 32 bits
 BNB_BLOCK = 256  # 8-bit optimizer block size (one fp32 absmax per block and state)
@@ -60,8 +64,13 @@ class Setup:
     activation_offloading: bool = False  # checkpointed layer inputs wait in CPU memory
 
     @property
+    def kind(self) -> str:
+        """The memory model of the method (see :data:`MEMORY_TERMS`)."""
+        return memory_model(self.method)
+
+    @property
     def tokens(self) -> int:
-        extra = self.num_virtual_tokens if self.method in ("prompt", "ptuning_v2") else 0
+        extra = self.num_virtual_tokens if self.kind in ("prompt", "ptuning_v2") else 0
         return self.batch_size * (self.seq_len + extra)
 
     @property
@@ -92,6 +101,17 @@ def _gib(n: float) -> float:
     return round(n / GIB, 3)
 
 
+def memory_model(method: str) -> str:
+    """The memory terms ``method`` follows, from its spec; an unknown one fails loudly."""
+    from engine.methods import get_method
+
+    kind = get_method(method).memory_model
+    if kind not in MEMORY_TERMS:
+        raise NotImplementedError(f"method {method!r} names memory model {kind!r}, which "
+                                  f"engine/advisor/_memory.py does not implement")
+    return kind
+
+
 # --------------------------------------------------------------------------- parameters
 
 
@@ -104,17 +124,17 @@ def nf4_bytes_per_param(double_quant: bool) -> float:
 
 def trainable_bytes_per_param(s: Setup) -> int:
     """Bytes of one trainable parameter (and of its gradient)."""
-    if s.method == "full":
+    if s.kind == "full":
         return 4 if s.full_master_fp32 else s.dtype_bytes
     return s.adapter_dtype_bytes
 
 
 def weight_bytes(facts: ModelFacts, counts: MethodCounts, s: Setup) -> float:
     """Bytes of the model's weights (frozen base plus trainable parameters)."""
-    if s.method == "full":
+    if s.kind == "full":
         return facts.total_params * trainable_bytes_per_param(s)
     adapters = counts.trainable * s.adapter_dtype_bytes
-    if s.method == "qlora":
+    if s.kind == "qlora":
         other_bytes = 4 if s.kbit_upcast else s.dtype_bytes
         return (facts.layer_linear_params * nf4_bytes_per_param(s.double_quant)
                 + facts.other_params * other_bytes + adapters)
@@ -151,13 +171,13 @@ def _attention_bytes(f: ModelFacts, s: Setup) -> float:
     if s.attn_implementation == "eager":
         probs = f.heads * _key_len(s) * (4 + (a if a < 4 else 0))
         return a * 3 * q + probs  # q and the repeated k, v; fp32 softmax (+ its cast)
-    if s.attention_mask or s.method == "prefix":
+    if s.attention_mask or s.kind == "prefix":
         kv = q  # with a mask, transformers repeats k and v for grouped-query attention
     return a * (2 * q + 2 * kv) + 4 * f.heads  # q, k, v, output; fp32 log-sum-exp
 
 
 def _key_len(s: Setup) -> int:
-    virtual = s.method in ("prefix", "prompt", "ptuning_v2")
+    virtual = s.kind in ("prefix", "prompt", "ptuning_v2")
     return s.seq_len + (s.num_virtual_tokens if virtual else 0)
 
 
@@ -200,7 +220,7 @@ def _lora_bytes(f: ModelFacts, s: Setup, targets: list[Any]) -> float:
     else:
         total = _shared_input_bytes(f, s, {lf.group for lf in targets})
     total += len(targets) * s.r * a  # lora_A's output, read by lora_B
-    if s.method == "dora":
+    if s.kind == "dora":
         # the base and LoRA outputs, kept for the magnitude's gradient
         total += sum(2 * lf.out_features * a for lf in targets)
     return total
@@ -208,23 +228,23 @@ def _lora_bytes(f: ModelFacts, s: Setup, targets: list[Any]) -> float:
 
 def layer_bytes_per_token(f: ModelFacts, s: Setup, targets: list[Any]) -> float:
     """Bytes one decoder layer saves for backward, per token, without checkpointing."""
-    full = s.method == "full"
+    full = s.kind == "full"
     total = f.norms_per_layer * _norm_bytes(s, f.hidden, full)
     total += _attention_bytes(f, s) + _mlp_bytes(f, s)
     if full:
         total += _shared_input_bytes(f, s, {lf.group for lf in f.linears})
-    elif s.method in LORA_METHODS:
+    elif s.kind in LORA_KINDS:
         total += _lora_bytes(f, s, targets)
-    elif s.method == "ia3":
+    elif s.kind == "ia3":
         total += s.dtype_bytes * (2 * f.kv_heads * f.head_dim + f.intermediate)
-    elif s.method == "adapter":
+    elif s.kind == "adapter":
         total += 2 * s.dtype_bytes * (f.hidden + 2 * s.bottleneck_size)
     return total
 
 
 def head_bytes_per_token(f: ModelFacts, s: Setup) -> float:
     """Final norm and the head's input (saved only when the head is trained)."""
-    full = s.method == "full"
+    full = s.kind == "full"
     return _norm_bytes(s, f.hidden, full) + (s.dtype_bytes * f.hidden if full else 0)
 
 
@@ -261,7 +281,7 @@ def activation_bytes(f: ModelFacts, s: Setup, targets: list[Any]) -> float:
         if s.activation_offloading:  # only the layers in flight stay on the GPU
             per_layer *= min(1.0, 2 / f.layers)
     extra_kv = 0.0
-    if s.method == "prefix":  # the prefix's keys and values join every layer's attention
+    if s.kind == "prefix":  # the prefix's keys and values join every layer's attention
         extra_kv = s.batch_size * s.num_virtual_tokens * 2 * f.kv_heads * f.head_dim * 2
     return s.tokens * (f.layers * per_layer + head_bytes_per_token(f, s)) + f.layers * extra_kv
 
@@ -287,11 +307,11 @@ def _transients(f: ModelFacts, counts: MethodCounts, s: Setup, targets: list[Any
     if s.gradient_checkpointing:  # one layer's activations are recomputed at a time
         total += s.tokens * layer_bytes_per_token(f, replace(s, gradient_checkpointing=False),
                                                   targets)
-    if s.method == "qlora":  # each 4-bit weight is dequantized to 16 bits when used
+    if s.kind == "qlora":  # each 4-bit weight is dequantized to 16 bits when used
         total += f.largest_linear * s.dtype_bytes
-    if s.method == "dora":  # the merged weight and its norm, in fp32, one layer at a time
+    if s.kind == "dora":  # the merged weight and its norm, in fp32, one layer at a time
         total += 2 * f.largest_linear * 4
-    if s.method == "full":  # the head's gradient appears while all activations are alive
+    if s.kind == "full":  # the head's gradient appears while all activations are alive
         total += f.vocab * f.hidden * trainable_bytes_per_param(s)
     return total
 

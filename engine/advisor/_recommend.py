@@ -15,7 +15,6 @@ from typing import Any
 
 from engine.advisor import _corrections
 from engine.advisor._counts import (
-    ALL_METHODS,
     MethodCounts,
     MethodOptions,
     ResolvedModel,
@@ -26,15 +25,13 @@ from engine.advisor._counts import (
 )
 from engine.advisor._memory import GIB, OPTIMIZERS, Estimate, Setup, estimate
 from engine.errors import UserError
+from engine.methods import METHODS
 
 HEADROOM = 1.10  # a setup fits when expected x 1.1 <= the memory available
 CPU_LIBRARY_BASELINE = 0.55 * GIB  # interpreter + torch + transformers + peft, resident
 QLORA_SLOWDOWN = "about 30% slower than LoRA (4-bit weights are de-quantized at every use)"
 CKPT_SLOWDOWN = "about 30% slower (activations are recomputed in the backward pass)"
 MIN_SEQ_LEN = 128
-LABELS = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA",
-          "adapter": "The bottleneck adapter", "prefix": "Prefix tuning",
-          "ptuning_v2": "P-tuning v2", "prompt": "Prompt tuning", "ia3": "IA³"}
 
 
 @dataclass(frozen=True)
@@ -159,7 +156,7 @@ def _search(p: Predictor, methods: list[str], req: Request) -> dict[str, Any] | 
 
 
 def _reason(rec: dict[str, Any], req: Request, target: Target, methods: list[str]) -> str:
-    parts = [f"{LABELS[rec['method']]} fits {target.label} at about "
+    parts = [f"{METHODS[rec['method']].label} fits {target.label} at about "
              f"{rec['expected_gb']:.1f} GiB"]
     if rec["method"] == "qlora" and "lora" in methods:
         parts.append(f"LoRA does not, so QLoRA's 4-bit base is used: {QLORA_SLOWDOWN}")
@@ -184,9 +181,9 @@ def _wont_fit(p: Predictor, req: Request, methods: list[str]) -> dict[str, Any]:
     return {"method": None, "batch_size": None, "grad_accum": None, "seq_len": None,
             "gradient_checkpointing": None, "optimizer": None,
             "needs_gb": round(need, 2),
-            "reason": (f"Won't fit {p.target.label}: even {LABELS[method]} with micro-batch 1, "
-                       f"{s.seq_len} tokens, checkpointing and paged 8-bit AdamW needs about "
-                       f"{need:.1f} GiB with 10% headroom{what}.")}
+            "reason": (f"Won't fit {p.target.label}: even {METHODS[method].label} with "
+                       f"micro-batch 1, {s.seq_len} tokens, checkpointing and paged 8-bit "
+                       f"AdamW needs about {need:.1f} GiB with 10% headroom{what}.")}
 
 
 def _smaller_catalog_model(p: Predictor, req: Request) -> str | None:
@@ -230,8 +227,8 @@ def _check_inputs(vram_gb: float | None, method: str | None, seq_len: int, batch
                   grad_accum: int, optimizer: str) -> None:
     if vram_gb is not None:
         _check(vram_gb, "vram_gb", 0.1)
-    if method is not None and method not in ALL_METHODS:
-        raise UserError(f"unknown method {method!r}", f"one of: {', '.join(ALL_METHODS)}")
+    if method is not None and method not in METHODS:
+        raise UserError(f"unknown method {method!r}", f"one of: {', '.join(METHODS)}")
     if optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {optimizer!r}", f"one of: {', '.join(OPTIMIZERS)}")
     _check(seq_len, "seq_len", 8)
@@ -261,7 +258,7 @@ def advise(model_source: str, *, vram_gb: float | None = None, method: str | Non
                   gradient_checkpointing)
     base = {"batch_size": req.batch_size, "seq_len": req.seq_len, "optimizer": optimizer,
             "gradient_checkpointing": bool(gradient_checkpointing)}
-    methods = {m: _method_entry(p, m, p.setup(m, **base)) for m in ALL_METHODS}
+    methods = {m: _method_entry(p, m, p.setup(m, **base)) for m in METHODS}
     return {
         "model": {**model.info, "total_params": p.facts.total_params},
         "vram_gb": target.memory_gb if target.device == "cuda" else None,

@@ -80,7 +80,7 @@ def _method_section(info: RunInfo, m: dict[str, Any]) -> list[str]:
     job = info.job
     meth, tr = job.method, job.training
     out = ["## Method and settings", "", f"- method: {info.spec.label} — {info.spec.summary}"]
-    if job.method.name in ("lora", "qlora", "dora"):
+    if "r" in info.spec.settings:  # the LoRA family
         out.append(f"- rank r={meth.r}, alpha={_fmt(meth.alpha)}, dropout={_fmt(meth.dropout)}, "
                    f"target modules: {', '.join(meth.target_modules)}")
     if "trainable_params" in m:

@@ -11,21 +11,6 @@ from typing import Any
 from engine.errors import UserError
 from engine.events import EventSink
 
-# Why a method's result cannot be folded into the base weights (shown by export --merge).
-NOT_MERGEABLE = {
-    "adapter": "a bottleneck adapter adds new layers with a nonlinearity between them; they "
-               "cannot be folded into the existing weights",
-    "prefix": "prefix tuning learns key/value vectors put in front of every layer's attention; "
-              "there is no weight to fold them into",
-    "ptuning_v2": "P-tuning v2 learns prefix vectors for every layer's attention; there is no "
-                  "weight to fold them into",
-    "prompt": "prompt tuning learns virtual input tokens; there is no weight to fold them into",
-}
-
-
-# Methods whose peft model runs the plain base inside ``disable_adapter()``.
-SWITCHABLE = ("lora", "qlora", "dora", "ia3")
-
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -56,7 +41,7 @@ class RunInfo:
             return (f"task {self.job.task} runs cannot be merged or converted yet; export the "
                     "adapter instead")
         if not self.spec.mergeable:
-            return NOT_MERGEABLE.get(self.method, f"method {self.method} cannot be merged")
+            return self.spec.why_not_mergeable or f"method {self.method} cannot be merged"
         return None
 
 
@@ -162,7 +147,7 @@ def load_pair(info: RunInfo, *, emit: EventSink | None = None, base_only: bool =
         tuned = info.spec.load_trained(base, info.result).to(device).eval()
         return LoadedPair(tuned, base, device)
     tuned = info.spec.load_trained(base, info.result).eval()
-    if info.method in SWITCHABLE and hasattr(tuned, "disable_adapter"):
+    if info.spec.switchable and hasattr(tuned, "disable_adapter"):
         return LoadedPair(tuned, None, device)
     # Bottleneck adapters hook into the base itself, and prompt-learning methods change how
     # generate() builds its inputs: a second, untouched copy of the base is the safe "base".

@@ -15,7 +15,8 @@ from engine.errors import ConfigError
 TASK_TYPES = {"sft": "CAUSAL_LM", "classify": "SEQ_CLS"}
 
 
-def ia3_config(task: str) -> Any:
+def peft_config(cfg: Any, task: str, model_config: Any = None) -> Any:
+    """peft's ``IA3Config``: it reads no method.* key (peft picks the layers to scale)."""
     from peft import IA3Config
 
     return IA3Config(task_type=TASK_TYPES[task])
@@ -34,7 +35,7 @@ def apply(model: Any, cfg: Any, task: str) -> Any:
     from peft import get_peft_model
 
     check_model(model.config)
-    return get_peft_model(model, ia3_config(task))
+    return get_peft_model(model, peft_config(cfg, task))
 
 
 def save(model: Any, folder: Path) -> None:

@@ -12,13 +12,18 @@ def _targets(names: list[str]) -> str | list[str]:
     return "all-linear" if names == ["all-linear"] else list(names)
 
 
-def lora_config(cfg: Any, task: str, *, use_dora: bool = False) -> Any:
+def lora_config(cfg: Any, task: str, model_config: Any = None, *, use_dora: bool = False) -> Any:
+    """The peft ``LoraConfig`` of a ``MethodConfig`` (the model's config is not needed)."""
     from peft import LoraConfig
 
     return LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
         target_modules=_targets(cfg.target_modules), use_dora=use_dora,
         task_type=TASK_TYPES[task])
+
+
+def dora_config(cfg: Any, task: str, model_config: Any = None) -> Any:
+    return lora_config(cfg, task, use_dora=True)
 
 
 def _wrap(model: Any, config: Any) -> Any:
@@ -38,7 +43,7 @@ def apply_lora(model: Any, cfg: Any, task: str) -> Any:
 
 
 def apply_dora(model: Any, cfg: Any, task: str) -> Any:
-    return _wrap(model, lora_config(cfg, task, use_dora=True))
+    return _wrap(model, dora_config(cfg, task))
 
 
 def apply_qlora(model: Any, cfg: Any, task: str) -> Any:

@@ -98,24 +98,34 @@ def fix_generation(model: Any) -> Any:
     return model
 
 
-def apply_prefix(model: Any, cfg: Any, task: str) -> Any:
-    return _wrap(model, prefix_config(cfg, task, model.config,
-                                      projection=cfg.prefix_projection), "prefix")
+def prefix_tuning_config(cfg: Any, task: str, config: Any) -> Any:
+    return prefix_config(cfg, task, config, projection=cfg.prefix_projection)
 
 
-def apply_ptuning_v2(model: Any, cfg: Any, task: str) -> Any:
+def ptuning_v2_config(cfg: Any, task: str, config: Any) -> Any:
     if cfg.prefix_projection:
         raise ConfigError("method.prefix_projection", "P-tuning v2 trains the prefixes "
                           "directly, without a projection", "set it to false, or use "
                           "method prefix for prefix tuning with reparameterisation")
-    return _wrap(model, prefix_config(cfg, task, model.config, projection=False), "ptuning_v2")
+    return prefix_config(cfg, task, config, projection=False)
+
+
+def prompt_tuning_config(cfg: Any, task: str, config: Any = None) -> Any:
+    from peft import PromptTuningConfig
+
+    return PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=_task(task))
+
+
+def apply_prefix(model: Any, cfg: Any, task: str) -> Any:
+    return _wrap(model, prefix_tuning_config(cfg, task, model.config), "prefix")
+
+
+def apply_ptuning_v2(model: Any, cfg: Any, task: str) -> Any:
+    return _wrap(model, ptuning_v2_config(cfg, task, model.config), "ptuning_v2")
 
 
 def apply_prompt(model: Any, cfg: Any, task: str) -> Any:
-    from peft import PromptTuningConfig
-
-    return _wrap(model, PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens,
-                                           task_type=_task(task)), "prompt")
+    return _wrap(model, prompt_tuning_config(cfg, task), "prompt")
 
 
 def save(model: Any, folder: Path) -> None:

@@ -8,6 +8,7 @@ counts a run reports. An 8B model is counted in about a second, offline.
 from __future__ import annotations
 
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def build_meta_model(config: Any, task: str) -> Any:
 
     auto = AutoModelForSequenceClassification if task == "classify" else AutoModelForCausalLM
     try:
-        with init_empty_weights():
+        with init_empty_weights(), _no_init():
             model = auto.from_config(config)
     except (ValueError, KeyError) as exc:
         raise UserError(f"cannot build a {config.model_type!r} model for task {task}: "
@@ -67,6 +68,17 @@ def build_meta_model(config: Any, task: str) -> Any:
                         code="bad_model") from None
     model.tie_weights()  # init_empty_weights skips tying; a tied head has no weight of its own
     return model
+
+
+def _no_init() -> Any:
+    """Skip weight initialisation (nothing to initialise on the meta device)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        import contextlib
+
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def apply_on_meta(model: Any, method_name: str, cfg: Any, task: str) -> Any:
@@ -81,7 +93,8 @@ def apply_on_meta(model: Any, method_name: str, cfg: Any, task: str) -> Any:
         # QLoRA trains exactly LoRA's weights; its base becomes 4-bit when loaded, which a
         # meta model cannot be (4-bit weights are counted as their unpacked elements anyway).
         apply = get_method("lora").apply
-    with init_empty_weights():
+    with warnings.catch_warnings(), init_empty_weights():
+        warnings.simplefilter("ignore", FutureWarning)  # peft calls a v5-deprecated name
         return apply(model, cfg, task)
 
 
