@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
-from engine.config import METHODS
+from engine.methods import METHODS
 from gui import engine_calls
 from gui.qt_memory_bars import MemoryRow, QtMemoryBars, status_for
 from gui.qt_widgets import card

@@ -1,8 +1,12 @@
-"""Method: the nine methods, their settings, the resource advisor and the architecture map."""
+"""Method: the registered methods, their settings, the resource advisor and the architecture map.
+
+Every row, label and settings panel comes from the engine's method registry (engine.methods),
+read through :func:`gui.engine_calls.method_catalog` when the page is built.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -16,7 +20,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.config import METHODS
 from gui import engine_calls
 from gui.qt_advisor import QtAdvisor
 from gui.qt_architecture_map import QtArchitectureMap
@@ -26,25 +29,21 @@ from gui.qt_widgets import card, heading, page_layout
 if TYPE_CHECKING:
     from gui.pages import AppContext
 
-# The settings each method reads; method keys not listed here are shown for every method.
-METHOD_KEYS = {
-    "full": (),
-    "lora": ("r", "alpha", "dropout", "target_modules"),
-    "qlora": ("r", "alpha", "dropout", "target_modules", "double_quant"),
-    "dora": ("r", "alpha", "dropout", "target_modules"),
-    "adapter": ("bottleneck_size",),
-    "prefix": ("num_virtual_tokens", "prefix_projection"),
-    "ptuning_v2": ("num_virtual_tokens",),
-    "prompt": ("num_virtual_tokens",),
-    "ia3": ("target_modules",),
-}
-_KNOWN = {k for keys in METHOD_KEYS.values() for k in keys}
 SHARE_KEYS = {"", "model.source"}
 
 
 def _short_label(label: str) -> str:
-    return {"Full fine-tuning": "Full", "Bottleneck adapter": "Adapter",
-            "Adapters (bottleneck)": "Adapter"}.get(label, label.replace(" tuning", ""))
+    """A label short enough for the advisor's bars: "Prefix tuning" → "Prefix"."""
+    return {"Full fine-tuning": "Full", "Bottleneck adapter": "Adapter"}.get(
+        label, label.replace(" tuning", ""))
+
+
+def _no_settings_text(name: str, info: dict[str, Any]) -> str:
+    if name == "full":
+        return ("Full fine-tuning has no method settings: it trains every weight. Set the "
+                "learning rate lower (~2e-5).")
+    return (f"{info['label']} has no method settings. Suggested learning rate: "
+            f"~{info['suggested_lr']:g}.")
 
 
 def _yes_no(flag: bool) -> str:
@@ -62,6 +61,9 @@ class QtMethodPage(QWidget):
         super().__init__(parent)
         self.job, self.tasks = ctx.job, ctx.tasks
         self.methods = engine_calls.method_catalog()
+        self.names = list(self.methods)
+        # method.* keys that no method claims are shown for every method
+        self._claimed = {k for info in self.methods.values() for k in info["settings"]}
         self.shares: dict[str, float] = {}
         layout = page_layout(self)
         layout.addWidget(heading("Method", "How to fine-tune: what each method trains, whether "
@@ -89,7 +91,7 @@ class QtMethodPage(QWidget):
         layout = QVBoxLayout(column)
         layout.setContentsMargins(0, 0, 6, 0)
         group, inner = card("Methods")
-        self.table = QTableWidget(len(METHODS), 4)
+        self.table = QTableWidget(len(self.names), 4)
         self.table.setHorizontalHeaderLabels(["Method", "Trains", "Mergeable", "On 4-bit"])
         self.table.verticalHeader().hide()
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -106,7 +108,7 @@ class QtMethodPage(QWidget):
         self.table.horizontalHeaderItem(3).setToolTip("Works on a base loaded in 4-bit")
         self._fill_table()
         self.table.setFixedHeight(self.table.horizontalHeader().height() + 2
-                                  + sum(self.table.rowHeight(r) for r in range(len(METHODS))))
+                                  + sum(self.table.rowHeight(r) for r in range(len(self.names))))
         self.table.itemSelectionChanged.connect(self._on_row_selected)
         inner.addWidget(self.table)
         self.summary = QLabel()
@@ -116,8 +118,7 @@ class QtMethodPage(QWidget):
         settings, settings_layout = card("Settings")
         keys = [k for k in section_keys("method") if k != "method.name"]
         self.form = QtConfigForm(self.job, keys)
-        self.no_settings = QLabel("Full fine-tuning has no method settings: it trains every "
-                                  "weight. Set the learning rate lower (~2e-5).")
+        self.no_settings = QLabel()
         self.no_settings.setWordWrap(True)
         settings_layout.addWidget(self.form)
         settings_layout.addWidget(self.no_settings)
@@ -127,7 +128,7 @@ class QtMethodPage(QWidget):
         return column
 
     def _fill_table(self) -> None:
-        for r, name in enumerate(METHODS):
+        for r, name in enumerate(self.names):
             info = self.methods[name]
             cells = (info["label"], "…", _yes_no(info["mergeable"]),
                      _yes_no(info["works_on_4bit"]))
@@ -147,17 +148,18 @@ class QtMethodPage(QWidget):
             self._request_shares()
 
     def _show_method(self, name: str) -> None:
-        row = list(METHODS).index(name)
+        row = self.names.index(name)
         self.table.blockSignals(True)
         self.table.selectRow(row)
         self.table.blockSignals(False)
         info = self.methods[name]
         self.summary.setText(f"<b>{info['label']}</b> — {info['summary']}")
         self.settings_group.setTitle(f"{info['label']} settings")
-        wanted = set(METHOD_KEYS.get(name, ()))
+        wanted = set(info["settings"])
         for key in self.form.editors:
             short = key.rpartition(".")[2]
-            self.form.set_row_visible(key, short in wanted or short not in _KNOWN)
+            self.form.set_row_visible(key, short in wanted or short not in self._claimed)
+        self.no_settings.setText(_no_settings_text(name, info))
         self.no_settings.setVisible(not wanted)
 
     def _request_shares(self) -> None:
@@ -165,12 +167,12 @@ class QtMethodPage(QWidget):
         for r in range(self.table.rowCount()):
             self.table.item(r, 1).setText("…")
         self.tasks.submit("method_shares", "Counting trainable parameters…",
-                          lambda: engine_calls.method_shares(source, METHODS),
+                          lambda: engine_calls.method_shares(source),
                           self._on_shares, self._on_shares_failed)
 
-    def _on_shares(self, shares: dict[str, float]) -> None:
-        self.shares = shares
-        for r, name in enumerate(METHODS):
+    def _on_shares(self, shares: dict[str, float | None]) -> None:
+        self.shares = {k: v for k, v in shares.items() if v is not None}
+        for r, name in enumerate(self.names):
             value = shares.get(name)
             self.table.item(r, 1).setText("—" if value is None else share_text(value))
 
