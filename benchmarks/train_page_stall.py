@@ -39,6 +39,7 @@ from PySide6.QtCore import QElapsedTimer, QEventLoop, Qt, QTimer
 from PySide6.QtWidgets import QApplication
 
 from engine import events as ev
+from engine import runs
 
 TICK_MS = 10
 LIMIT_P99_MS = 50.0
@@ -65,7 +66,7 @@ def write_run(run_dir: Path, total: int, *, pid: int, finished: bool) -> None:
         for step in range(1, total + 1):
             lines.extend(synthetic_events(step, total))
         lines.append(ev.RunFinished(status="completed", step=total))
-    (run_dir / ev.EVENTS_FILE).write_text("".join(ev.to_json(e) + "\n" for e in lines))
+    (run_dir / runs.EVENTS_FILE).write_text("".join(ev.to_json(e) + "\n" for e in lines))
 
 
 def write_events(path: Path, rate: float, seconds: float) -> None:
@@ -173,7 +174,7 @@ def main() -> int:
     wait_for(page.controller.reset, 3.0)
     page.attach(live_dir)
     probe.start()
-    writer = spawn_writer(live_dir / ev.EVENTS_FILE, args.rate, args.seconds)
+    writer = spawn_writer(live_dir / runs.EVENTS_FILE, args.rate, args.seconds)
     wait_for(page.controller.finished, args.seconds + 30)
     probe.stop()
     writer.wait()

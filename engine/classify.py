@@ -165,11 +165,11 @@ def load_classifier(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any,
 
     from engine.config import load_job
     from engine.methods import get_method
-    from engine.models import load_model_dir
-    from engine.training import load_base, resolve_precision
+    from engine.models import load_base, load_model_dir, resolve_precision
+    from engine.runs import JOB_FILE
 
     run_dir = Path(run_dir)
-    job = load_job(run_dir / "job.yaml")
+    job = load_job(run_dir / JOB_FILE)
     if job.task != "classify":
         raise UserError(f"run {run_dir} is a {job.task} run, not a classify run", code="bad_run")
     spec = get_method(job.method.name)

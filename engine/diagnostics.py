@@ -3,7 +3,7 @@
 Pure Python and Qt-free, so the GUI, the CLI and users' scripts share one set of rules::
 
     diag = Diagnostics()
-    for event in read_events(run_dir / "events.jsonl"):
+    for event in runs.run_events(run_dir):
         for warning in diag.feed(event):
             print(warning.code, warning.message)
 
@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from engine import events as ev
+from engine import runs
 
 DIVERGENCE_FACTOR = 3.0  # loss above this many times its moving median
 DIVERGENCE_WINDOW = 20  # steps in the moving median
 DIVERGENCE_MIN_STEPS = 5  # a median of fewer steps is noise
 OVERFIT_EVALS = 3  # consecutive eval-loss rises
-BEST_FILE = "best_checkpoint.json"
 
 ADVICE = {
     "non_finite_loss": "No checkpoint of the broken weights was saved. Lower the learning rate "
@@ -213,10 +213,8 @@ def best_checkpoint(run_dir: str | Path, evals: Iterable[ev.Eval]) -> Path | Non
     if not scored:
         return None
     best_step = min(scored, key=lambda e: e.eval_loss).step
-    folder = Path(run_dir) / "checkpoints"
-    kept = sorted((int(p.name.split("-")[-1]), p) for p in folder.glob("checkpoint-*")
-                  if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file())
-    at_or_before = [p for step, p in kept if step <= best_step]
+    at_or_before = [p for p in runs.checkpoints(run_dir)
+                    if (runs.checkpoint_step(p) or 0) <= best_step]
     return at_or_before[-1] if at_or_before else None
 
 
@@ -227,11 +225,12 @@ def keep_best_checkpoint(run_dir: str | Path) -> Path | None:
     choice in ``best_checkpoint.json``. Returns the checkpoint used, or None when there is none.
     """
     run_dir = Path(run_dir)
-    events = ev.read_events(run_dir / ev.EVENTS_FILE)
+    events = runs.run_events(run_dir)
     best = best_checkpoint(run_dir, (e for e in events if isinstance(e, ev.Eval)))
     if best is None:
         return None
-    target = run_dir / ("adapter" if (best / "adapter_config.json").exists() else "model")
+    is_adapter = (best / "adapter_config.json").exists()
+    target = run_dir / (runs.ADAPTER_DIR if is_adapter else runs.MODEL_DIR)
     partial = run_dir / f".{target.name}.best"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
@@ -244,8 +243,9 @@ def keep_best_checkpoint(run_dir: str | Path) -> Path | None:
                 shutil.copy2(item, partial / item.name)
         shutil.rmtree(target)
     partial.rename(target)
-    step = int(best.name.split("-")[-1])
-    (run_dir / BEST_FILE).write_text(json.dumps({"checkpoint": str(best), "step": step}) + "\n")
+    step = runs.checkpoint_step(best)
+    choice = json.dumps({"checkpoint": str(best), "step": step})
+    (run_dir / runs.BEST_FILE).write_text(choice + "\n")
     return best
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from engine import events as ev
+from engine import runs
 from engine.errors import UserError
 
-RESULT_FILE = "evaluation.json"
 DEFAULT_PROMPTS = (
     "Introduce yourself in two sentences.",
     "What is the capital of France?",
@@ -160,9 +160,7 @@ def _emit_summary(result: dict[str, Any], info: Any, emit: ev.EventSink) -> None
 
 
 def _final_step(run_dir: Path) -> int:
-    path = run_dir / ev.EVENTS_FILE
-    steps = [e.step for e in ev.read_events(path) if isinstance(e, ev.RunFinished)] \
-        if path.is_file() else []
+    steps = [e.step for e in runs.run_events(run_dir) if isinstance(e, ev.RunFinished)]
     return steps[-1] if steps else 0
 
 
@@ -200,7 +198,7 @@ def _evaluate_classify(info: Any, emit: ev.EventSink) -> dict[str, Any]:
 
 
 def _write_result(run_dir: Path, result: dict[str, Any]) -> None:
-    path = run_dir / RESULT_FILE
+    path = run_dir / runs.EVALUATION_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)

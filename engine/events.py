@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-EVENTS_FILE = "events.jsonl"
-
 
 def _now() -> float:
     return round(time.time(), 3)
@@ -203,20 +201,14 @@ def json_line(line: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and "type" in data else None
 
 
-def read_events(path: str | Path) -> list[Event]:
-    """Every complete event in an events file (a torn last line is skipped)."""
-    events: list[Event] = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.endswith("\n"):
-                break  # the writer is mid-line
-            if line.strip():
-                events.append(from_json(line))
-    return events
+def parse_line(text: str) -> Event | None:
+    """The event on a line, or None when the line is not a JSON event (skipped)."""
+    data = json_line(text)
+    return None if data is None else from_json(data)
 
 
 class EventWriter:
-    """An EventSink that appends to ``events.jsonl`` and optionally echoes to a stream."""
+    """An EventSink that appends to a run's events file and optionally echoes to a stream."""
 
     def __init__(self, path: str | Path, echo: TextIO | None = None) -> None:
         self.path = Path(path)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import UserError
 
 if TYPE_CHECKING:
+    from engine.config import JobConfig
     from engine.events import EventSink
 
 
@@ -268,6 +269,96 @@ def pick_device(requested: str = "auto") -> str:
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+@dataclass
+class Precision:
+    """How a run computes: the dtype the base loads in, and the Trainer's autocast flags."""
+
+    dtype: Any  # torch dtype the base weights load in
+    bf16: bool
+    fp16: bool
+    name: str
+
+
+def resolve_precision(requested: str, device: str) -> Precision:
+    """``training.precision`` (auto | bf16 | fp16 | fp32) on ``device``."""
+    import torch
+
+    if requested == "auto":
+        if device == "cuda":
+            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            requested = "fp32"  # CPU and MPS: fp32 is exact and well supported
+    if requested in ("bf16", "fp16") and device == "cpu":
+        # autocast on the CPU is slow and fp16 is unsupported: say so rather than crawl.
+        raise UserError(f"training.precision {requested} is not supported on the CPU",
+                        "set training.precision: auto or fp32", code="bad_job")
+    if requested == "bf16":
+        return Precision(torch.bfloat16, True, False, "bf16")
+    if requested == "fp16":
+        # fp16 weights do not train stably; keep fp32 masters and autocast to fp16.
+        return Precision(torch.float32, False, True, "fp16")
+    return Precision(torch.float32, False, False, "fp32")
+
+
+def load_base(job: JobConfig, folder: str, device: str, precision: Precision,
+              quantized: bool, extra: dict[str, Any] | None = None) -> Any:
+    """The base model for the job's task; ``extra`` goes to from_pretrained (e.g. labels)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForSequenceClassification if job.task == "classify" else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {**(extra or {}), "dtype": precision.dtype,
+                              "trust_remote_code": job.model.trust_remote_code,
+                              "attn_implementation": job.model.attn_implementation}
+    if job.method.name == "full" and precision.bf16:
+        kwargs["dtype"] = torch.float32  # full fine-tuning keeps fp32 master weights
+    if quantized:
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if precision.bf16 else torch.float32
+        if precision.fp16:
+            compute = torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=job.method.double_quant, bnb_4bit_compute_dtype=compute,
+            # a new classifier head trains in full: it must stay a plain layer
+            llm_int8_skip_modules=["classifier", "score"] if job.task == "classify" else None)
+        kwargs["device_map"] = {"": device if device != "cuda" else 0}
+    try:
+        model = auto.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as exc:
+        need = ("a model with a sequence-classification head (BERT, Llama...)"
+                if job.task == "classify" else "a causal language model")
+        raise UserError(f"cannot load model {job.model.source!r}: {str(exc).splitlines()[0]}",
+                        f"check model.source; task {job.task} needs {need}",
+                        code="bad_model") from None
+    if not quantized:
+        model.to(device)
+    return model
+
+
+def stored_param_count(folder: str, source: str) -> int:
+    """Parameters of a model folder from its safetensors headers (no weights read), else
+    estimated from the config of ``source``."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
+    if files:
+        total = 0
+        for f in files:
+            with safe_open(str(f), "np") as fh:
+                for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    n = 1
+                    for d in fh.get_slice(key).get_shape():
+                        n *= d
+                    total += n
+        return total
+    c = load_config(source)
+    h, layers = getattr(c, "hidden_size", 0), getattr(c, "num_hidden_layers", 0)
+    inter = getattr(c, "intermediate_size", 4 * h)
+    return int(getattr(c, "vocab_size", 0) * h * 2 + layers * (4 * h * h + 3 * h * inter))
 
 
 def model_facts(config: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from engine import events as ev
+from engine import runs
 from engine.errors import UserError
 
 
@@ -87,7 +88,7 @@ class StopSignal:
     """Stop when the run folder has a STOP file, or a line "stop" arrives on stdin."""
 
     def __init__(self, run_dir: Path, watch_stdin: bool) -> None:
-        self.stop_file = run_dir / "STOP"
+        self.stop_file = run_dir / runs.STOP_FILE
         self._event = threading.Event()
         if watch_stdin and sys.stdin is not None and not sys.stdin.isatty():
             threading.Thread(target=self._read_stdin, daemon=True).start()
@@ -108,21 +109,22 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     job = load_job(args.job)
-    from engine.training import STOP_FILE, new_run_dir, run_training
+    from engine.training import run_training
 
     if args.resume and not args.run_dir:
         raise UserError("--resume needs --run-dir: the run folder to continue",
                         "pass --run-dir runs/<name>-<timestamp>")
-    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(job)
-    if args.resume and not run_dir.is_dir():
-        raise UserError(f"--run-dir {run_dir} does not exist", "check the path")
-    (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale STOP from a previous session
+    if args.resume and not Path(args.run_dir).is_dir():
+        raise UserError(f"--run-dir {args.run_dir} does not exist", "check the path")
+    run_dir = (Path(args.run_dir) if args.run_dir
+               else runs.create_run_dir(job.output.runs_dir, job.name))
+    (run_dir / runs.STOP_FILE).unlink(missing_ok=True)  # a stale STOP from a previous session
     rank = int(os.environ.get("RANK", "0"))
     events_out = sys.stdout
     if args.events_stdout:
         # stdout carries only event lines; anything a library prints goes to stderr.
         sys.stdout = sys.stderr
-    writer = ev.EventWriter(run_dir / ev.EVENTS_FILE,
+    writer = ev.EventWriter(run_dir / runs.EVENTS_FILE,
                             echo=events_out if args.events_stdout else None)
     if not args.events_stdout:
         writer.add_listener(ProgressBar(sys.stderr))
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_training(job, run_dir=run_dir, emit=emit,
                               should_stop=StopSignal(run_dir, args.events_stdout),
-                              resume=args.resume)
+                              resume=args.resume, job_file=args.job)
     except UserError as exc:
         if args.events_stdout:
             raise  # the dispatcher prints it on stderr; the GUI reads the error event
@@ -138,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
     except Exception:
         import traceback
 
-        traceback.print_exc(file=open(run_dir / "crash.log", "w"))  # noqa: SIM115
-        print(f"error: the run crashed; details in {run_dir / 'crash.log'}", file=sys.stderr)
+        with open(run_dir / runs.CRASH_FILE, "w", encoding="utf-8") as fh:
+            traceback.print_exc(file=fh)
+        print(f"error: the run crashed; details in {run_dir / runs.CRASH_FILE}", file=sys.stderr)
         return 1
     finally:
         writer.close()

@@ -12,16 +12,14 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from engine import events as ev
-from engine.config import JobConfig, dump_job
+from engine import runs
+from engine.config import JobConfig
 from engine.errors import UserError
-
-CHECKPOINTS = "checkpoints"
-STOP_FILE = "STOP"
+from engine.models import Precision
 
 
 @dataclass
@@ -33,92 +31,7 @@ class RunResult:
     final_loss: float | None
 
 
-def new_run_dir(job: JobConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(job.output.runs_dir) / f"{job.name}-{stamp}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (partial ones are never renamed into place)."""
-    folder = run_dir / CHECKPOINTS
-    if not folder.is_dir():
-        return None
-    done = [p for p in folder.iterdir() if p.name.startswith("checkpoint-")
-            and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
 # --------------------------------------------------------------------------- setup
-
-
-@dataclass
-class Precision:
-    dtype: Any  # torch dtype the base weights load in
-    bf16: bool
-    fp16: bool
-    name: str
-
-
-def resolve_precision(requested: str, device: str) -> Precision:
-    import torch
-
-    if requested == "auto":
-        if device == "cuda":
-            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            requested = "fp32"  # CPU and MPS: fp32 is exact and well supported
-    if requested in ("bf16", "fp16") and device == "cpu":
-        # autocast on the CPU is slow and fp16 is unsupported: say so rather than crawl.
-        raise UserError(f"training.precision {requested} is not supported on the CPU",
-                        "set training.precision: auto or fp32", code="bad_job")
-    if requested == "bf16":
-        return Precision(torch.bfloat16, True, False, "bf16")
-    if requested == "fp16":
-        # fp16 weights do not train stably; keep fp32 masters and autocast to fp16.
-        return Precision(torch.float32, False, True, "fp16")
-    return Precision(torch.float32, False, False, "fp32")
-
-
-def load_base(job: JobConfig, folder: str, device: str, precision: Precision,
-              quantized: bool, extra: dict[str, Any] | None = None) -> Any:
-    """The base model for the job's task; ``extra`` goes to from_pretrained (e.g. labels)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    auto = AutoModelForSequenceClassification if job.task == "classify" else AutoModelForCausalLM
-    kwargs: dict[str, Any] = {**(extra or {}), "dtype": precision.dtype,
-                              "trust_remote_code": job.model.trust_remote_code,
-                              "attn_implementation": job.model.attn_implementation}
-    if job.method.name == "full" and precision.bf16:
-        kwargs["dtype"] = torch.float32  # full fine-tuning keeps fp32 master weights
-    if quantized:
-        from transformers import BitsAndBytesConfig
-
-        compute = torch.bfloat16 if precision.bf16 else torch.float32
-        if precision.fp16:
-            compute = torch.float16
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=job.method.double_quant, bnb_4bit_compute_dtype=compute,
-            # a new classifier head trains in full: it must stay a plain layer
-            llm_int8_skip_modules=["classifier", "score"] if job.task == "classify" else None)
-        kwargs["device_map"] = {"": device if device != "cuda" else 0}
-    try:
-        model = auto.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError) as exc:
-        need = ("a model with a sequence-classification head (BERT, Llama...)"
-                if job.task == "classify" else "a causal language model")
-        raise UserError(f"cannot load model {job.model.source!r}: {str(exc).splitlines()[0]}",
-                        f"check model.source; task {job.task} needs {need}",
-                        code="bad_model") from None
-    if not quantized:
-        model.to(device)
-    return model
 
 
 def _optim_name(name: str) -> str:
@@ -127,16 +40,16 @@ def _optim_name(name: str) -> str:
 
 
 def training_arguments(job: JobConfig, run_dir: Path, device: str, precision: Precision,
-                       has_eval: bool) -> Any:
+                       has_eval: bool, train_sequences: int) -> Any:
     from transformers import TrainingArguments
 
     t = job.training
-    return TrainingArguments(
-        output_dir=str(run_dir / CHECKPOINTS),
+    args = TrainingArguments(
+        output_dir=str(run_dir / runs.CHECKPOINTS),
         max_steps=t.max_steps, num_train_epochs=t.epochs,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm or 0.0,
         optim=_optim_name(t.optimizer), bf16=precision.bf16, fp16=precision.fp16,
         eval_strategy="steps" if has_eval and t.eval_steps else "no",
@@ -147,6 +60,24 @@ def training_arguments(job: JobConfig, run_dir: Path, device: str, precision: Pr
         use_cpu=device == "cpu", report_to="none", disable_tqdm=True,
         dataloader_num_workers=0, remove_unused_columns=False,
         include_num_input_tokens_seen="all")
+    # A whole number of steps: transformers reads a float below 1 as a ratio but 1.0 as one
+    # step, so passing the ratio itself would turn warmup_ratio 1.0 into a single warm-up step.
+    args.warmup_steps = warmup_steps(t.warmup_ratio, planned_steps(args, train_sequences))
+    return args
+
+
+def planned_steps(args: Any, train_sequences: int) -> int:
+    """Optimizer steps the Trainer will take (the same count its scheduler is built for)."""
+    if args.max_steps > 0:
+        return int(args.max_steps)
+    per_epoch = math.ceil(train_sequences / (args.per_device_train_batch_size
+                                             * args.gradient_accumulation_steps
+                                             * max(1, args.world_size)))
+    return math.ceil(per_epoch * args.num_train_epochs)
+
+
+def warmup_steps(ratio: float, steps: int) -> int:
+    return math.ceil(ratio * steps)
 
 
 class ListDataset:
@@ -206,7 +137,7 @@ def make_trainer_class() -> type:
                 super()._save_checkpoint(model, trial)
             finally:
                 self._staging_dir = None
-            name = f"checkpoint-{self.state.global_step}"
+            name = runs.checkpoint_name(self.state.global_step)
             target = final_root / name
             if target.exists():
                 shutil.rmtree(target)
@@ -222,8 +153,7 @@ def make_trainer_class() -> type:
 
         def _rotate(self, root: Path) -> None:
             limit = self.args.save_total_limit
-            done = sorted((p for p in root.glob("checkpoint-*") if p.name[11:].isdigit()),
-                          key=lambda p: int(p.name[11:]))
+            done = runs.checkpoints(root.parent, complete=False)
             for old in done[: max(0, len(done) - (limit or len(done)))]:
                 shutil.rmtree(old, ignore_errors=True)
 
@@ -234,15 +164,18 @@ def make_trainer_class() -> type:
 
 
 def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
-                 should_stop: Callable[[], bool] | None = None,
-                 resume: bool = False) -> RunResult:
-    """Run ``job`` in ``run_dir``; every outcome ends with a ``run_finished`` event."""
+                 should_stop: Callable[[], bool] | None = None, resume: bool = False,
+                 job_file: str | Path | None = None) -> RunResult:
+    """Run ``job`` in ``run_dir``; every outcome ends with a ``run_finished`` event.
+
+    ``job_file`` is the file ``job`` was read from; when it is the run's own job file it is
+    left as it is (otherwise the resolved job is written there).
+    """
     start = time.perf_counter()
-    should_stop = should_stop or (lambda: (run_dir / STOP_FILE).exists())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "job.yaml").write_text(dump_job(job), encoding="utf-8")
+    should_stop = should_stop or (lambda: (run_dir / runs.STOP_FILE).exists())
+    runs.write_job(run_dir, job, source=job_file)
     try:
-        result = _train(job, run_dir, emit, should_stop, resume, start)
+        result = _train(job, run_dir, emit, should_stop, resume)
     except UserError as exc:
         emit(ev.Error(code=exc.code, message=exc.message, advice=exc.advice))
         emit(ev.RunFinished(status="failed", elapsed_s=round(time.perf_counter() - start, 2)))
@@ -268,20 +201,44 @@ def _crash_advice(exc: Exception) -> tuple[str, str]:
             "checkpoint, and --resume continues from it")
 
 
+@dataclass
+class _Run:
+    """Everything setup builds for one run."""
+
+    spec: Any  # engine.methods.MethodSpec
+    device: str
+    config: Any  # the base model's transformers config
+    tokenizer: Any
+    data: Any  # engine.data's prepared sequences (or the classify task's)
+    task: Any  # a non-sft task's setup (collator, metrics, extras), None for sft
+    trainer: Any
+    callback: Any  # engine._callback.EventCallback
+
+
 def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Callable[[], bool],
-           resume: bool, start: float) -> RunResult:
+           resume: bool) -> RunResult:
+    """setup → train → save, the torchtune recipe's shape."""
+    run = _setup(job, run_dir, emit, should_stop)
+    resume_from = _resume_point(run_dir) if resume else None
+    emit(_run_started(job, run, run_dir))
+    run.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return _save(job, run, run_dir, emit)
+
+
+# --------------------------------------------------------------------------- setup steps
+
+
+def _setup(job: JobConfig, run_dir: Path, emit: ev.EventSink,
+           should_stop: Callable[[], bool]) -> _Run:
     import torch
 
-    from engine._callback import EventCallback
-    from engine.data import prepare_sft
-    from engine.methods import count_parameters, get_method, is_4bit
+    from engine.methods import get_method
     from engine.models import (
-        cache_dir,
         load_config,
         load_model_dir,
         load_tokenizer,
-        model_facts,
         pick_device,
+        resolve_precision,
     )
 
     spec = get_method(job.method.name)
@@ -295,6 +252,20 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
     folder = load_model_dir(job.model.source, emit)
     config = load_config(folder)
     tokenizer = load_tokenizer(folder)
+    task, data = _setup_data(job, spec, tokenizer, config.model_type, emit)
+    model = _setup_model(job, spec, folder, device, precision, task, emit)
+    args = training_arguments(job, run_dir, device, precision, bool(data.eval), len(data.train))
+    trainer, callback = _setup_trainer(job, args, model, tokenizer, data, task, device, emit,
+                                       should_stop)
+    return _Run(spec, device, config, tokenizer, data, task, trainer, callback)
+
+
+def _setup_data(job: JobConfig, spec: Any, tokenizer: Any, model_type: str,
+                emit: ev.EventSink) -> tuple[Any, Any]:
+    """(task setup or None, tokenized data); reports ``data_ready``."""
+    from engine.data import prepare_sft
+    from engine.models import cache_dir
+
     emit(ev.Progress(stage="tokenize", current=0, total=1, message="reading the dataset"))
     progress = lambda i, n: emit(ev.Progress(  # noqa: E731
         stage="tokenize", current=i, total=n, message="tokenizing"))
@@ -302,13 +273,20 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
     if task is not None:
         data = task.data
     else:
-        data = prepare_sft(job, tokenizer, model_type=config.model_type,
+        data = prepare_sft(job, tokenizer, model_type=model_type,
                            cache=cache_dir() / "datasets", progress=progress,
                            allow_packing=spec.packs)
     emit(ev.DataReady(format=data.format, detected=data.detected, train_rows=data.train_rows,
                       eval_rows=data.eval_rows, sequences=len(data.train), packed=data.packed,
                       truncated=data.truncated, dropped=data.dropped,
                       trained_tokens=data.trained_tokens, max_length=job.dataset.max_length))
+    return task, data
+
+
+def _setup_model(job: JobConfig, spec: Any, folder: str, device: str, precision: Precision,
+                 task: Any, emit: ev.EventSink) -> Any:
+    """The base as the method needs it (4-bit for QLoRA), with the method applied."""
+    from engine.models import load_base
 
     emit(ev.Progress(stage="load_model", current=0, total=1, message="loading the model"))
     model = load_base(job, folder, device, precision, spec.quantized_base,
@@ -316,50 +294,30 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
     model.config.use_cache = False
     if job.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = spec.apply(model, job.method, job.task)
-    trainable, total = count_parameters(model)
+    return spec.apply(model, job.method, job.task)
 
-    has_eval = bool(data.eval)
-    args = training_arguments(job, run_dir, device, precision, has_eval)
+
+def _setup_trainer(job: JobConfig, args: Any, model: Any, tokenizer: Any, data: Any, task: Any,
+                   device: str, emit: ev.EventSink,
+                   should_stop: Callable[[], bool]) -> tuple[Any, Any]:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from engine._callback import EventCallback
+
     callback = EventCallback(emit, should_stop, tokenizer=tokenizer,
                              sample_prompts=[] if task else job.training.sample_prompts,
                              sample_max_new_tokens=job.training.sample_max_new_tokens,
                              device=device)
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=ListDataset(data.train),
-        eval_dataset=ListDataset(data.eval) if has_eval else None,
+        eval_dataset=ListDataset(data.eval) if data.eval else None,
         data_collator=task.collator if task else Collator(tokenizer.pad_token_id),
         compute_metrics=task.compute_metrics if task else None, callbacks=[callback])
     trainer.on_checkpoint = lambda path, step: emit(ev.Checkpoint(step=step, path=str(path)))
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     trainer.remove_callback(PrinterCallback)  # our events replace its prints on stdout
     trainer.remove_callback(ProgressCallback)
     _add_memory_check(trainer, job, emit)
-
-    resume_from = None
-    if resume:
-        resume_from = last_checkpoint(run_dir)
-        if resume_from is None:
-            raise UserError(f"--resume: {run_dir / CHECKPOINTS} holds no complete checkpoint",
-                            "start the run again without --resume", code="no_checkpoint")
-    emit(ev.RunStarted(
-        run_dir=str(run_dir), job=job.to_dict(), model=model_facts(config),
-        method=job.method.name, trainable_params=trainable, total_params=total,
-        quantized_4bit=is_4bit(model), device=device, max_steps=_planned_steps(trainer, data),
-        pid=os.getpid()))
-
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    step = trainer.state.global_step
-    if callback.failed:
-        return RunResult("failed", run_dir, None, step, None)
-    if has_eval and not callback.stopped and (not job.training.eval_steps
-                                              or step % job.training.eval_steps):
-        trainer.evaluate()
-    status = "stopped" if callback.stopped else "completed"
-    out = _save_result(spec, trainer.model, tokenizer, run_dir, emit,
-                       task.write_extras if task else None)
-    return RunResult(status, run_dir, out, step, callback.last_loss)
+    return trainer, callback
 
 
 def _task_setup(job: JobConfig, spec: Any, tokenizer: Any) -> Any:
@@ -377,14 +335,24 @@ def _task_setup(job: JobConfig, spec: Any, tokenizer: Any) -> Any:
     return None
 
 
-def _planned_steps(trainer: Any, data: Any) -> int:
-    args = trainer.args
-    if args.max_steps > 0:
-        return int(args.max_steps)
-    per_epoch = math.ceil(len(data.train) / (args.per_device_train_batch_size
-                                             * args.gradient_accumulation_steps
-                                             * max(1, args.world_size)))
-    return math.ceil(per_epoch * args.num_train_epochs)
+def _resume_point(run_dir: Path) -> Path:
+    checkpoint = runs.last_checkpoint(run_dir)
+    if checkpoint is None:
+        raise UserError(f"--resume: {run_dir / runs.CHECKPOINTS} holds no complete checkpoint",
+                        "start the run again without --resume", code="no_checkpoint")
+    return checkpoint
+
+
+def _run_started(job: JobConfig, run: _Run, run_dir: Path) -> ev.RunStarted:
+    from engine.methods import count_parameters, is_4bit
+    from engine.models import model_facts
+
+    trainable, total = count_parameters(run.trainer.model)
+    return ev.RunStarted(
+        run_dir=str(run_dir), job=job.to_dict(), model=model_facts(run.config),
+        method=job.method.name, trainable_params=trainable, total_params=total,
+        quantized_4bit=is_4bit(run.trainer.model), device=run.device,
+        max_steps=planned_steps(run.trainer.args, len(run.data.train)), pid=os.getpid())
 
 
 def _add_memory_check(trainer: Any, job: JobConfig, emit: ev.EventSink) -> None:
@@ -394,6 +362,24 @@ def _add_memory_check(trainer: Any, job: JobConfig, emit: ev.EventSink) -> None:
     except ImportError:
         return
     trainer.add_callback(MemoryCheckCallback(job, emit))
+
+
+# --------------------------------------------------------------------------- save
+
+
+def _save(job: JobConfig, run: _Run, run_dir: Path, emit: ev.EventSink) -> RunResult:
+    """A last evaluation when the schedule did not end on one, then the trained result."""
+    trainer, callback = run.trainer, run.callback
+    step = trainer.state.global_step
+    if callback.failed:
+        return RunResult("failed", run_dir, None, step, None)
+    if run.data.eval and not callback.stopped and (not job.training.eval_steps
+                                                  or step % job.training.eval_steps):
+        trainer.evaluate()
+    status = "stopped" if callback.stopped else "completed"
+    out = _save_result(run.spec, trainer.model, run.tokenizer, run_dir, emit,
+                       run.task.write_extras if run.task else None)
+    return RunResult(status, run_dir, out, step, callback.last_loss)
 
 
 def _save_result(spec: Any, model: Any, tokenizer: Any, run_dir: Path,

@@ -22,6 +22,7 @@ from typing import IO, Any
 from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal
 
 from engine import events as ev
+from engine import runs
 
 STDERR_TAIL = 40  # stderr lines kept to explain a failure
 CLOSE_GRACE_MS = 3000  # after closing the chat's stdin, the child gets this long to exit
@@ -262,7 +263,7 @@ class EvaluateController(_JobController):
     def _succeeded(self) -> None:
         assert self.run_dir is not None
         try:
-            data = json.loads((self.run_dir / "evaluation.json").read_text(encoding="utf-8"))
+            data = json.loads((self.run_dir / runs.EVALUATION_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             self.failed.emit(f"the evaluation finished but its result is unreadable: {exc}")
             self._set_state("failed")

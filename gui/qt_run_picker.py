@@ -1,6 +1,6 @@
 """Choose a finished run of the job's runs folder (Evaluate and Export pages).
 
-The folder is scanned on the worker pool (``gui.run_folders.scan_runs``). The default choice
+The folder is scanned on the worker pool (``engine.runs.scan_runs``). The default choice
 is the run the Train page just finished, else the newest finished run; Browse… takes any run
 folder. ``run_changed(path)`` says which run is chosen ("" when none).
 """
@@ -14,9 +14,9 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
+from engine.runs import RunSummary, scan_runs, summarize_run
 from gui.qt_widgets import muted
 from gui.run_controller import shared_controller
-from gui.run_folders import RunSummary, scan_runs, summarize_run
 
 if TYPE_CHECKING:
     from gui.pages import AppContext

@@ -1,6 +1,6 @@
 """The Runs page: every run in the runs folder, its status and losses; overlay loss curves.
 
-The folder is scanned on a worker thread every few seconds (``gui.run_folders.scan_runs``);
+The folder is scanned on a worker thread every few seconds (``engine.runs.scan_runs``);
 a run still training shows as *running* and can be watched live on the Train page.
 """
 
@@ -25,10 +25,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.runs import Curves, RunSummary, load_curves, scan_runs
 from gui.qt_plots import make_plot
 from gui.qt_widgets import heading, page_layout
 from gui.run_controller import shared_controller
-from gui.run_folders import Curves, RunSummary, load_curves, scan_runs
 
 if TYPE_CHECKING:
     from gui.pages import AppContext

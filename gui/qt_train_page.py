@@ -35,12 +35,12 @@ from engine.diagnostics import (
     oom_retry_settings,
 )
 from engine.errors import ConfigError, UserError
+from engine.runs import JOB_FILE, last_checkpoint, scan_runs
 from gui.qt_banners import QtBannerArea
 from gui.qt_gauges import QtGauges, TelemetrySampler
 from gui.qt_plots import QtTrainingPlots
 from gui.qt_widgets import card, page_layout
 from gui.run_controller import RunController, shared_controller
-from gui.run_folders import scan_runs
 
 if TYPE_CHECKING:
     from gui.pages import AppContext
@@ -321,7 +321,7 @@ class QtTrainPage(QWidget):
             return False
         done = any(isinstance(e, ev.RunFinished) and e.status == "completed"
                    for e in self.controller.history[-3:])
-        return not done and any((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+        return not done and last_checkpoint(run_dir) is not None
 
     # ------------------------------------------------------------------ diagnostics
     def _show_diagnostic(self, event: ev.Warning | ev.Error) -> None:
@@ -384,10 +384,10 @@ class QtTrainPage(QWidget):
     def _load_run_job(self) -> bool:
         """Put the shown run's job into the window's job model (retries change that job)."""
         run_dir = self.controller.run_dir
-        if run_dir is None or not (run_dir / "job.yaml").is_file():
+        if run_dir is None or not (run_dir / JOB_FILE).is_file():
             return True
         try:
-            self.job.replace(load_job(run_dir / "job.yaml"))
+            self.job.replace(load_job(run_dir / JOB_FILE))
         except (UserError, ConfigError, OSError) as exc:
             self.banners.show_banner("retry_failed", "error", "Cannot retry", str(exc))
             return False

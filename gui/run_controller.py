@@ -27,12 +27,11 @@ from pathlib import Path
 from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal
 
 from engine import events as ev
+from engine import runs
 from engine.config import JobConfig, save_job
 from engine.diagnostics import Diagnostics
-from gui.run_folders import parse_line, pid_alive, quick_status
+from engine.runs import pid_alive, quick_status
 
-CONSOLE_FILE = "console.log"
-STOP_FILE = "STOP"
 STOP_GRACE_S = 60.0  # silence after Stop before the kill; each event or log line resets it
 QUIT_GRACE_S = 15.0  # at quit the user waits: stop sooner
 MAX_BATCH = 50  # events per signal while replaying a long run (a few ms of GUI work)
@@ -112,7 +111,7 @@ class EventReader(QThread):
             # A progress bar redraws itself with carriage returns: keep its last state.
             parts = [p for p in raw.decode("utf-8", "replace").split("\r") if p.strip()]
             text = parts[-1] if parts else ""
-            event = parse_line(text)
+            event = ev.parse_line(text)
             if event is not None:
                 events.append(event)
             elif text.strip():
@@ -176,12 +175,12 @@ class RunController(QObject):
     # ------------------------------------------------------------------ starting
     def start(self, job: JobConfig, run_dir: Path | None = None) -> Path:
         """Start ``job`` in a new run folder (saved there as job.yaml first)."""
-        from engine.training import new_run_dir
-
         self._require_idle()
-        run_dir = Path(run_dir or new_run_dir(job)).resolve()
+        if run_dir is None:
+            run_dir = runs.create_run_dir(job.output.runs_dir, job.name)
+        run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_job(job, run_dir / "job.yaml")
+        save_job(job, run_dir / runs.JOB_FILE)
         self._show(run_dir)
         self._spawn(run_dir, resume=False)
         return run_dir
@@ -190,7 +189,7 @@ class RunController(QObject):
         """Continue ``run_dir`` from its last checkpoint; its curve continues."""
         self._require_idle()
         run_dir = Path(run_dir).resolve()
-        events = run_dir / ev.EVENTS_FILE
+        events = run_dir / runs.EVENTS_FILE
         if run_dir == self.run_dir and self.history:
             self._renew(run_dir)  # shown already: the curve just goes on
             self._spawn(run_dir, resume=True)
@@ -204,13 +203,13 @@ class RunController(QObject):
         self._require_idle()
         run_dir = Path(run_dir).resolve()
         self._show(run_dir)
-        self._pid, self._pid_started, live = quick_status(run_dir / ev.EVENTS_FILE)
+        self._pid, self._pid_started, live = quick_status(run_dir / runs.EVENTS_FILE)
         self._set_state("running" if live else "finished")
-        self._start_reader(run_dir / ev.EVENTS_FILE, 0,
+        self._start_reader(run_dir / runs.EVENTS_FILE, 0,
                            self._attached_is_alive if live else _never)
 
     def command(self, run_dir: Path, *, resume: bool) -> list[str]:
-        cmd = [sys.executable, "-m", "engine", "train", str(run_dir / "job.yaml"),
+        cmd = [sys.executable, "-m", "engine", "train", str(run_dir / runs.JOB_FILE),
                "--run-dir", str(run_dir), "--events-stdout"]
         return [*cmd, "--resume"] if resume else cmd
 
@@ -235,8 +234,8 @@ class RunController(QObject):
 
     def _spawn(self, run_dir: Path, *, resume: bool,
                prelude: tuple[Path, int] | None = None) -> None:
-        (run_dir / STOP_FILE).unlink(missing_ok=True)
-        console = run_dir / CONSOLE_FILE
+        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+        console = run_dir / runs.CONSOLE_FILE
         offset = console.stat().st_size if console.exists() else 0
         with open(console, "ab") as out:  # the child keeps its own handle
             self._proc = subprocess.Popen(
@@ -271,7 +270,7 @@ class RunController(QObject):
         if self.run_dir is None or not self.is_active():
             return
         self._stop_requested = True
-        (self.run_dir / STOP_FILE).touch()
+        (self.run_dir / runs.STOP_FILE).touch()
         self._write_stdin(b"stop\n")
         self._set_state("stopping")
         self._kill_timer.start(int(1000 * (self.grace_s() if grace_s is None else grace_s)))
@@ -405,7 +404,7 @@ class RunController(QObject):
         code = self._proc.poll() if self._proc is not None else None
         step = next((e.step for e in reversed(self.history) if isinstance(e, ev.Step)), 0)
         status = "stopped" if self._stop_requested else "failed"
-        where = f"; see {self.run_dir / CONSOLE_FILE}" if self._owned else ""
+        where = f"; see {self.run_dir / runs.CONSOLE_FILE}" if self._owned else ""
         out: list[ev.Event] = []
         if not self._stop_requested:
             said = f": {self._last_lines[-1].strip()}" if self._last_lines else ""

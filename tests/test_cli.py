@@ -95,6 +95,17 @@ def test_train_streams_only_json_on_stdout(tiny_llama_dir: Path, chat_jsonl: Pat
     types = [json.loads(line)["type"] for line in lines]  # every stdout line is an event
     assert types[-1] == "run_finished" and types.count("step") == 2
     assert (run_dir / "events.jsonl").read_text().splitlines() == lines
+    from engine.config import dump_job, load_job
+
+    # The run folder keeps the resolved job; a job file already in the run folder (the GUI
+    # saves one there, then starts the child on it) is the user's and stays as it is.
+    assert (run_dir / "job.yaml").read_text() == dump_job(load_job(job))
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "job.yaml").write_text(job.read_text())
+    proc = engine("train", str(own / "job.yaml"), "--run-dir", str(own), "--events-stdout")
+    assert proc.returncode == 0, proc.stderr
+    assert (own / "job.yaml").read_text() == job.read_text()
 
 
 def test_hub_id_offline_fails_fast_with_advice() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import events as ev
+from engine import runs
 from engine.diagnostics import (
     Diagnostics,
     advisor_retry_settings,
@@ -99,7 +100,7 @@ def test_keep_best_checkpoint_copies_the_lowest_eval(tmp_path: Path) -> None:
     (tmp_path / "adapter" / "tokenizer.json").write_text("tok")
     evals = [ev.Eval(step=4, eval_loss=2.0), ev.Eval(step=6, eval_loss=1.0),
              ev.Eval(step=12, eval_loss=3.0)]
-    (tmp_path / ev.EVENTS_FILE).write_text("".join(ev.to_json(e) + "\n" for e in evals))
+    (tmp_path / runs.EVENTS_FILE).write_text("".join(ev.to_json(e) + "\n" for e in evals))
     assert best_checkpoint(tmp_path, evals) == tmp_path / "checkpoints" / "checkpoint-4"
     assert keep_best_checkpoint(tmp_path) == tmp_path / "checkpoints" / "checkpoint-4"
     adapter = tmp_path / "adapter"

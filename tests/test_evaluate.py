@@ -21,7 +21,8 @@ def lora_run(small_model_dirs: dict[str, Path],  # noqa: F811
 
 
 def test_evaluate_lora(lora_run: Path) -> None:
-    from engine.evaluate import RESULT_FILE, evaluate_run
+    from engine.evaluate import evaluate_run
+    from engine.runs import EVALUATION_FILE
 
     events: list[Any] = []
     result = evaluate_run(lora_run, emit=events.append, prompts=["What is 4 plus 4?"],
@@ -34,7 +35,7 @@ def test_evaluate_lora(lora_run: Path) -> None:
     assert tuned["loss"] < base["loss"], "4 steps at lr 1e-2 on this data lower the loss"
     [answer] = result["answers"]
     assert answer["prompt"] == "What is 4 plus 4?" and {"base", "tuned"} <= set(answer)
-    assert json.loads((lora_run / RESULT_FILE).read_text())["tuned"] == tuned
+    assert json.loads((lora_run / EVALUATION_FILE).read_text())["tuned"] == tuned
     evals = [e for e in events if isinstance(e, ev.Eval)]
     assert evals and evals[-1].metrics["base_loss"] == base["loss"]
     assert any(isinstance(e, ev.Sample) for e in events)

@@ -101,6 +101,7 @@ def _chat_rows(path: Path) -> Path:
 
 def train_run(model_dir: Path, root: Path, method: str = "lora", **training: Any) -> Path:
     from engine import events as ev
+    from engine import runs
     from engine.config import job_from_dict
     from engine.training import run_training
 
@@ -113,7 +114,7 @@ def train_run(model_dir: Path, root: Path, method: str = "lora", **training: Any
                      "warmup_ratio": 0.0, **training},
         "output": {"runs_dir": str(root / "runs")}})
     run_dir = root / "runs" / f"t-{method}"
-    writer = ev.EventWriter(run_dir / ev.EVENTS_FILE)
+    writer = ev.EventWriter(run_dir / runs.EVENTS_FILE)
     try:
         result = run_training(job, run_dir=run_dir, emit=writer)
     finally:

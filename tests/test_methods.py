@@ -49,7 +49,8 @@ def test_every_lesson_method_is_offered() -> None:
 def test_trains_saves_and_reloads_same_logits(method: str, tiny_llama_dir: Path,
                                               chat_jsonl: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.training import load_base, resolve_precision, run_training
+    from engine.models import load_base, resolve_precision
+    from engine.training import run_training
 
     spec = get_method(method)
     seen: dict[str, torch.Tensor] = {}

@@ -35,8 +35,8 @@ def _logits(model: Any) -> torch.Tensor:
 @pytest.mark.parametrize("method", ["lora", "qlora", "dora", "adapter", "prefix", "ptuning_v2"])
 def test_default_model_trains_and_reloads(method: str, chat_jsonl: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.models import load_model_dir
-    from engine.training import load_base, resolve_precision, run_training
+    from engine.models import load_base, load_model_dir, resolve_precision
+    from engine.training import run_training
 
     spec = get_method(method)
     seen: dict[str, torch.Tensor] = {}

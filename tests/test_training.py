@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from engine import events as ev
+from engine import runs
 from engine.config import job_from_dict
-from engine.training import last_checkpoint, run_training
+from engine.runs import last_checkpoint
+from engine.training import run_training
 
 
 def make_job(model_dir: Path, data: Path, runs: Path, method: str = "lora", **training):
@@ -66,14 +68,14 @@ def test_each_method_trains_and_reloads(method: str, tiny_llama_dir: Path, chat_
 def test_events_file_matches_the_contract(tiny_llama_dir: Path, chat_jsonl: Path,
                                           tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    writer = ev.EventWriter(run_dir / ev.EVENTS_FILE)
+    writer = ev.EventWriter(run_dir / runs.EVENTS_FILE)
     job = make_job(tiny_llama_dir, chat_jsonl, tmp_path, eval_steps=2, save_steps=2,
                    sample_prompts=["hi"], sample_max_new_tokens=4)
     run_training(job, run_dir=run_dir, emit=writer)
     writer.close()
-    lines = (run_dir / ev.EVENTS_FILE).read_text().splitlines()
+    lines = (run_dir / runs.EVENTS_FILE).read_text().splitlines()
     assert all(next(iter(json.loads(line))) == "type" for line in lines)  # type first
-    events = ev.read_events(run_dir / ev.EVENTS_FILE)
+    events = runs.read_events(run_dir / runs.EVENTS_FILE)
     types = _types(events)
     for needed in ("data_ready", "run_started", "step", "eval", "sample", "checkpoint",
                    "run_finished"):
@@ -147,3 +149,27 @@ def test_non_finite_loss_stops_without_a_checkpoint(tiny_llama_dir: Path, chat_j
     bad_step = next(e.step for e in events if isinstance(e, ev.Step) and not math.isfinite(e.loss))
     saved = [e.step for e in events if isinstance(e, ev.Checkpoint)]
     assert all(step < bad_step for step in saved)  # no checkpoint of broken weights
+
+
+def test_warmup_ratio_one_warms_up_over_every_step(tiny_llama_dir: Path, chat_jsonl: Path,
+                                                   tmp_path: Path) -> None:
+    """transformers reads warmup_steps 1.0 as one step: the ratio must become a step count."""
+    from engine.models import resolve_precision
+    from engine.training import planned_steps, training_arguments
+
+    events: list = []
+    job = make_job(tiny_llama_dir, chat_jsonl, tmp_path, max_steps=4, warmup_ratio=1.0,
+                   lr_scheduler="linear")
+    run_training(job, run_dir=tmp_path / "run", emit=events.append)
+    rates = [e.learning_rate for e in events if isinstance(e, ev.Step)]
+    peak = job.training.learning_rate
+    # Each step reports the rate it ran with: 0, ¼, ½, ¾ of the peak (one warm-up step would
+    # have given 0, then the peak, then decay).
+    assert rates == pytest.approx([peak * k / 4 for k in range(4)])
+
+    by_epochs = make_job(tiny_llama_dir, chat_jsonl, tmp_path, max_steps=-1, epochs=2.0,
+                         warmup_ratio=0.5, grad_accum=2)
+    args = training_arguments(by_epochs, tmp_path / "e", "cpu", resolve_precision("fp32", "cpu"),
+                              False, train_sequences=9)
+    assert planned_steps(args, 9) == 4  # ceil(9 / (4 × 2)) = 2 steps an epoch, 2 epochs
+    assert args.get_warmup_steps(4) == 2

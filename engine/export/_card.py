@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from engine import runs
 from engine.export._run import RunInfo
 
 
@@ -15,8 +16,7 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
     from engine import events as ev
 
     facts: dict[str, Any] = {}
-    path = run_dir / ev.EVENTS_FILE
-    for event in ev.read_events(path) if path.is_file() else []:
+    for event in runs.run_events(run_dir):
         if isinstance(event, ev.DataReady):
             facts["data"] = {"format": event.format, "train_rows": event.train_rows,
                              "eval_rows": event.eval_rows, "trained_tokens": event.trained_tokens}
@@ -32,7 +32,7 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
             facts["steps"] = event.step
             facts["final_loss"] = event.final_loss
             facts["elapsed_s"] = event.elapsed_s
-    evaluation = run_dir / "evaluation.json"
+    evaluation = run_dir / runs.EVALUATION_FILE
     if evaluation.is_file():
         facts["evaluation"] = json.loads(evaluation.read_text(encoding="utf-8"))
     return facts

@@ -117,30 +117,6 @@ def _base_paths(info: RunInfo) -> list[Path]:
     return paths
 
 
-def _param_count(info: RunInfo) -> int:
-    """Parameters of the base from its safetensors headers (no weights read), else the config."""
-    from safetensors import safe_open
-
-    folder = Path(info.base_folder())
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if files:
-        total = 0
-        for f in files:
-            with safe_open(str(f), "np") as fh:
-                for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    n = 1
-                    for d in fh.get_slice(key).get_shape():
-                        n *= d
-                    total += n
-        return total
-    from engine.models import load_config
-
-    c = load_config(info.job.model.source)
-    h, layers = getattr(c, "hidden_size", 0), getattr(c, "num_hidden_layers", 0)
-    inter = getattr(c, "intermediate_size", 4 * h)
-    return int(getattr(c, "vocab_size", 0) * h * 2 + layers * (4 * h * h + 3 * h * inter))
-
-
 def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
@@ -149,7 +125,7 @@ def estimate_bytes(info: RunInfo, *, merge: bool, gguf: bool, gguf_type: str, dt
     """Bytes an export writes, with a margin (tokenizer files, card, rounding)."""
     total = _folder_bytes(info.result) if not (merge or gguf) else 0
     if merge or gguf:
-        n = _param_count(info)
+        n = info.base_param_count()
         if merge:
             total += n * (4 if dtype == "float32" else 2)
         if gguf:

@@ -58,7 +58,7 @@ def max_abs_diff(a: list[Any], b: list[Any]) -> float:
 
 
 def _load_fp32_base(info: RunInfo, device: str, emit: EventSink | None) -> Any:
-    from engine.training import load_base, resolve_precision
+    from engine.models import load_base, resolve_precision
 
     # Never the 4-bit weights: a QLoRA adapter is merged into the base reloaded unquantized.
     base = load_base(info.job, info.base_folder(emit), device, resolve_precision("fp32", device),
@@ -106,7 +106,7 @@ def _fp64_recheck(info: RunInfo, inputs: list[Any], ref32: list[Any], got32: lis
     """
     import torch
 
-    if not math.isfinite(diff) or _n_params(info) > FP64_RECHECK_MAX_PARAMS:
+    if not math.isfinite(diff) or info.base_param_count() > FP64_RECHECK_MAX_PARAMS:
         raise ExportCheckFailed(
             f"the merged model's logits differ from base+adapter by {diff:.3g} "
             f"(allowed {MERGE_TOLERANCE:g}); nothing was written")
@@ -128,12 +128,6 @@ def _fp64_recheck(info: RunInfo, inputs: list[Any], ref32: list[Any], got32: lis
     return (f"merge checked on {len(inputs)} chat prompts: fp32 logit difference {diff:.2e} "
             f"is rounding (fp32 base+adapter is {floor:.2e} from the float64 result, the "
             f"merged model {ours:.2e}); in float64 the merge agrees to {exact:.1e}")
-
-
-def _n_params(info: RunInfo) -> int:
-    from engine.export._export import _param_count
-
-    return _param_count(info)
 
 
 def torch_dtype(name: str) -> Any:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import runs
 from engine.errors import UserError
 from engine.events import EventSink
 
@@ -35,6 +36,12 @@ class RunInfo:
 
         return load_model_dir(self.job.model.source, emit)
 
+    def base_param_count(self) -> int:
+        """Parameters of the base, read from its files' headers (no weights loaded)."""
+        from engine.models import stored_param_count
+
+        return stored_param_count(self.base_folder(), self.job.model.source)
+
     def merge_refusal(self) -> str | None:
         """Why this run cannot be merged, or None when it can."""
         if self.job.task != "sft":
@@ -46,17 +53,17 @@ class RunInfo:
 
 
 def open_run(run_dir: str | Path, *, need_result: bool = True) -> RunInfo:
-    """Read ``run_dir/job.yaml`` and find the trained result; UserError when there is none
+    """Read the run's job file and find the trained result; UserError when there is none
     (unless ``need_result`` is False: chatting with the base works before training ends)."""
     from engine.config import load_job
     from engine.methods import METHODS
 
     run = Path(run_dir)
-    if not (run / "job.yaml").is_file():
-        raise UserError(f"{run} is not a run folder (it has no job.yaml)",
+    if not (run / runs.JOB_FILE).is_file():
+        raise UserError(f"{run} is not a run folder (it has no {runs.JOB_FILE})",
                         "pass a folder under runs/, e.g. runs/my-run-20250101-120000",
                         code="bad_run")
-    job = load_job(run / "job.yaml")
+    job = load_job(run / runs.JOB_FILE)
     spec = METHODS.get(job.method.name)
     if spec is None:
         raise UserError(f"run {run} used method {job.method.name!r}, which this build lacks",
@@ -64,9 +71,7 @@ def open_run(run_dir: str | Path, *, need_result: bool = True) -> RunInfo:
     result = run / spec.output_dir
     if _has_weights(result):
         return RunInfo(run, job, spec, result, False)
-    from engine.training import last_checkpoint
-
-    ckpt = last_checkpoint(run)
+    ckpt = runs.last_checkpoint(run)
     if ckpt is not None and _has_weights(ckpt):
         return RunInfo(run, job, spec, ckpt, True)
     if not need_result:
@@ -134,7 +139,7 @@ class LoadedPair:
 def load_pair(info: RunInfo, *, emit: EventSink | None = None, base_only: bool = False,
               device: str | None = None) -> LoadedPair:
     """Load the base as training did (4-bit for QLoRA) and attach the trained result."""
-    from engine.training import load_base, resolve_precision
+    from engine.models import load_base, resolve_precision
 
     device = device or pick_device(info)
     precision = resolve_precision(info.job.training.precision, device)

@@ -97,6 +97,7 @@ def window(qtbot, ctx):  # type: ignore[no-untyped-def]
 def _train_tiny(model_dir: Path, root: Path, method: str = "lora") -> Path:
     """A finished 2-step run of ``method`` under ``root/runs``."""
     from engine import events as ev
+    from engine import runs
     from engine.config import job_from_dict, save_job
     from engine.training import run_training
 
@@ -113,7 +114,7 @@ def _train_tiny(model_dir: Path, root: Path, method: str = "lora") -> Path:
     run_dir = root / "runs" / f"tiny-{method}-20250101-000000"
     run_dir.mkdir(parents=True)
     save_job(job, run_dir / "job.yaml")
-    writer = ev.EventWriter(run_dir / ev.EVENTS_FILE)
+    writer = ev.EventWriter(run_dir / runs.EVENTS_FILE)
     try:
         assert run_training(job, run_dir=run_dir, emit=writer).status == "completed"
     finally:

@@ -12,10 +12,10 @@ import pytest
 
 from engine import events as ev
 from engine.config import job_from_dict
+from engine.runs import EVENTS_FILE, scan_runs
 from gui.job_model import JobModel
 from gui.pages import AppContext
 from gui.run_controller import shared_controller
-from gui.run_folders import scan_runs
 from gui.settings import AppSettings
 from gui.tasks import TaskRunner
 
@@ -27,7 +27,7 @@ JOB = {"name": "demo", "model": {"source": "smollm2-135m-instruct"},
 def write_run(root: Path, name: str, events: list[ev.Event], *, checkpoint: int = 0) -> Path:
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    (run_dir / ev.EVENTS_FILE).write_text("".join(ev.to_json(e) + "\n" for e in events))
+    (run_dir / EVENTS_FILE).write_text("".join(ev.to_json(e) + "\n" for e in events))
     if checkpoint:
         folder = run_dir / "checkpoints" / f"checkpoint-{checkpoint}"
         folder.mkdir(parents=True)

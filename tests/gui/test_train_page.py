@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from engine import events as ev
+from engine import runs
 from engine.config import JobConfig, job_from_dict
 from gui.job_model import JobModel
 from gui.pages import AppContext
 from gui.run_controller import RunController, shared_controller
-from gui.run_folders import parse_line
 from gui.settings import AppSettings
 from gui.tasks import TaskRunner
 
@@ -62,7 +62,7 @@ def _page(qtbot: Any, ctx: AppContext) -> Any:
 
 
 def _steps(run_dir: Path) -> list[int]:
-    return [e.step for e in ev.read_events(run_dir / ev.EVENTS_FILE) if isinstance(e, ev.Step)]
+    return [e.step for e in runs.read_events(run_dir / runs.EVENTS_FILE) if isinstance(e, ev.Step)]
 
 
 def _curve_steps(page: Any) -> list[int]:
@@ -91,7 +91,7 @@ def test_a_tiny_job_runs_to_completion(qtbot: Any, make_ctx: Any, tiny_llama_dir
         assert (run_dir / "adapter" / "adapter_config.json").is_file()
         assert (run_dir / "job.yaml").is_file()
         assert (run_dir / "console.log").is_file()
-        assert isinstance(ev.read_events(run_dir / ev.EVENTS_FILE)[-1], ev.RunFinished)
+        assert isinstance(runs.read_events(run_dir / runs.EVENTS_FILE)[-1], ev.RunFinished)
         assert page.progress.value() == page.progress.maximum() == 6
         assert "completed" in page.progress.format()
         assert "completed at step 6" in page.log_view.toPlainText()
@@ -134,8 +134,8 @@ def test_stop_then_resume_continues_the_curve(qtbot: Any, make_ctx: Any, tiny_ll
 
 def test_close_the_window_mid_run_and_reattach(qtbot: Any, make_ctx: Any, tiny_llama_dir: Path,
                                                chat_jsonl: Path, tmp_path: Path) -> None:
+    from engine.runs import pid_alive, run_events
     from gui.qt_main_window import QtMainWindow
-    from gui.run_folders import pid_alive
 
     job = tiny_job(tiny_llama_dir, chat_jsonl, tmp_path / "runs", max_steps=30)
     ctx = make_ctx(job)
@@ -149,8 +149,7 @@ def test_close_the_window_mid_run_and_reattach(qtbot: Any, make_ctx: Any, tiny_l
     assert window.close()
     assert page.controller.state == "detached"
     page.shutdown()
-    started = next(e for e in ev.read_events(run_dir / ev.EVENTS_FILE)
-                   if isinstance(e, ev.RunStarted))
+    started = next(e for e in run_events(run_dir) if isinstance(e, ev.RunStarted))
     assert pid_alive(started.pid, started.time)  # it trains on without the window
 
     ctx2 = make_ctx(job)  # "reopening": a new window with its own controller
@@ -191,10 +190,10 @@ def test_a_bad_job_fails_with_the_engines_message(qtbot: Any, make_ctx: Any,
 
 
 def test_reader_skips_lines_that_are_not_events() -> None:
-    assert parse_line("Writing model shards: 100%") is None
-    assert parse_line("{not json") is None
-    assert parse_line('{"no_type": 1}') is None
-    step = parse_line(ev.to_json(ev.Step(step=3, loss=1.5)))
+    assert ev.parse_line("Writing model shards: 100%") is None
+    assert ev.parse_line("{not json") is None
+    assert ev.parse_line('{"no_type": 1}') is None
+    step = ev.parse_line(ev.to_json(ev.Step(step=3, loss=1.5)))
     assert isinstance(step, ev.Step)
     assert step.step == 3
 
@@ -206,7 +205,7 @@ def test_attach_replays_a_finished_run_and_logs_other_lines(qtbot: Any, tmp_path
              "shards: 1/2\rshards: 2/2\r",
              *(ev.to_json(ev.Step(step=i, loss=2.0 / i, max_steps=3)) for i in (1, 2, 3)),
              ev.to_json(ev.RunFinished(status="completed", step=3))]
-    (run_dir / ev.EVENTS_FILE).write_text("\n".join(lines) + "\n")
+    (run_dir / runs.EVENTS_FILE).write_text("\n".join(lines) + "\n")
     controller = RunController()
     got: list[ev.Event] = []
     logged: list[str] = []

@@ -1,0 +1,264 @@
+"""The run folder, the source of truth of a run: its layout, and reading it back.
+
+```
+runs/<name>-<timestamp>/
+  job.yaml              JOB_FILE: the resolved job, every default filled in
+  events.jsonl          EVENTS_FILE: one event a line, append-only
+  STOP                  STOP_FILE: present = stop after this step (a checkpoint is saved)
+  console.log           CONSOLE_FILE: the GUI's child output (events and library prints)
+  crash.log             CRASH_FILE: the traceback of a crashed run
+  checkpoints/          CHECKPOINTS: complete checkpoint-<step>/ folders only
+  adapter/ or model/    ADAPTER_DIR / MODEL_DIR: the trained result
+  evaluation.json       EVALUATION_FILE: written by ``python -m engine evaluate``
+  best_checkpoint.json  BEST_FILE: which checkpoint "keep the best" copied into the result
+```
+
+A run is *running* when its events have a ``run_started`` with no ``run_finished`` after it
+and the pid in that ``run_started`` is a live process started no later than the event (so a
+recycled pid does not count). A run that neither finished nor runs was *interrupted* (killed,
+machine off): resume it from its last checkpoint. Everything here is plain data and cheap
+enough to call off the GUI thread.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine import events as ev
+
+if TYPE_CHECKING:
+    from engine.config import JobConfig
+
+JOB_FILE = "job.yaml"
+EVENTS_FILE = "events.jsonl"
+STOP_FILE = "STOP"
+CONSOLE_FILE = "console.log"
+CRASH_FILE = "crash.log"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"  # transformers names each one checkpoint-<global step>
+CHECKPOINT_DONE = "trainer_state.json"  # the Trainer writes it last: present = complete
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"  # full fine-tuning
+EVALUATION_FILE = "evaluation.json"
+BEST_FILE = "best_checkpoint.json"
+
+RUNNING = "running"
+INTERRUPTED = "interrupted"
+
+
+# --------------------------------------------------------------------------- creating
+
+
+def create_run_dir(runs_dir: str | Path, name: str) -> Path:
+    """Make a new, empty ``runs_dir/<name>-<timestamp>`` (``-2``, ``-3``... when taken)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_dir) / f"{name}-{stamp}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir()  # exclusive: two runs started in the same second get two folders
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+
+
+def write_job(run_dir: Path, job: JobConfig, *, source: str | Path | None = None) -> None:
+    """Write the resolved job as ``run_dir/job.yaml`` when it is missing or says otherwise.
+
+    ``source`` is the file the job was read from: when that is the run's own job file (the GUI
+    saves it there, then starts the child on it) it is never rewritten.
+    """
+    from engine.config import dump_job
+
+    path = run_dir / JOB_FILE
+    if path.is_file() and source is not None and Path(source).exists() \
+            and path.samefile(source):
+        return
+    text = dump_job(job)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step}"
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step of a ``checkpoint-<step>`` folder, or None for any other name."""
+    tail = folder.name.removeprefix(CHECKPOINT_PREFIX)
+    return int(tail) if tail != folder.name and tail.isdigit() else None
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """A checkpoint folder the Trainer finished writing (a partial one lacks its state)."""
+    return checkpoint_step(folder) is not None and (folder / CHECKPOINT_DONE).is_file()
+
+
+def checkpoints(run_dir: str | Path, *, complete: bool = True) -> list[Path]:
+    """The run's checkpoint folders, oldest step first (only complete ones by default)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and checkpoint_step(p) is not None
+             and (not complete or is_complete_checkpoint(p))]
+    return sorted(found, key=lambda p: checkpoint_step(p) or 0)
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    done = checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+# --------------------------------------------------------------------------- events
+
+
+def read_events(path: str | Path) -> list[ev.Event]:
+    """Every complete event line of a file (an events file or a console log).
+
+    Lines that are not JSON events are skipped, and so is the part after the last newline: the
+    writer may be in the middle of that line. A missing file has no events.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().split("\n")[:-1]
+    except OSError:
+        return []
+    return [e for e in map(ev.parse_line, lines) if e is not None]
+
+
+def run_events(run_dir: str | Path) -> list[ev.Event]:
+    return read_events(Path(run_dir) / EVENTS_FILE)
+
+
+def pid_alive(pid: int, started: float = 0.0) -> bool:
+    """True when ``pid`` is a live (not zombie) process created by ``started`` (+1 s)."""
+    import psutil
+
+    if pid <= 0 or not psutil.pid_exists(pid):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not started or proc.create_time() <= started + 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def quick_status(events_file: Path) -> tuple[int, float, bool]:
+    """(pid, started, running) of a run from its last ``run_started``, without parsing the
+    whole file (a long run's file has ~100k lines; this reads it as bytes in milliseconds)."""
+    try:
+        data = events_file.read_bytes()
+    except OSError:
+        return 0, 0.0, False
+    at = max(data.rfind(b'{"type": "run_started"'), data.rfind(b'{"type":"run_started"'))
+    if at < 0:
+        return 0, 0.0, False
+    end = data.find(b"\n", at)
+    if end < 0:
+        return 0, 0.0, False  # torn: the writer is mid-line
+    event = ev.parse_line(data[at:end].decode("utf-8", "replace"))
+    if not isinstance(event, ev.RunStarted):
+        return 0, 0.0, False
+    finished = b'"type": "run_finished"' in data[at:] or b'"type":"run_finished"' in data[at:]
+    return event.pid, event.time, not finished and pid_alive(event.pid, event.time)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    name: str
+    status: str = INTERRUPTED  # running | completed | stopped | failed | interrupted
+    model: str = ""
+    method: str = ""
+    step: int = 0
+    max_steps: int = 0
+    final_loss: float | None = None
+    final_eval_loss: float | None = None
+    started: float = 0.0
+    pid: int = 0
+    has_checkpoint: bool = False
+    error: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+
+@dataclass
+class Curves:
+    """A run's loss curves: training steps/losses and eval steps/losses."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_losses: list[float] = field(default_factory=list)
+
+
+def summarize_events(run_dir: Path, events: list[ev.Event]) -> RunSummary:
+    s = RunSummary(run_dir=run_dir, name=run_dir.name)
+    finished: ev.RunFinished | None = None
+    start: ev.RunStarted | None = None
+    for e in events:
+        if isinstance(e, ev.RunStarted):
+            start, finished = e, None
+            s.model = str(e.job.get("model", {}).get("source", ""))
+            s.method, s.max_steps, s.pid, s.started = e.method, e.max_steps, e.pid, e.time
+        elif isinstance(e, ev.Step):
+            s.step, s.final_loss = e.step, e.loss
+            s.max_steps = e.max_steps or s.max_steps
+        elif isinstance(e, ev.Eval):
+            s.final_eval_loss = e.eval_loss
+        elif isinstance(e, ev.Error):
+            s.error = e.message
+        elif isinstance(e, ev.RunFinished):
+            finished = e
+    if finished is not None:
+        s.status = finished.status
+        s.step = max(s.step, finished.step)
+    elif start is not None and pid_alive(start.pid, start.time):
+        s.status = RUNNING
+    s.has_checkpoint = last_checkpoint(run_dir) is not None
+    return s
+
+
+def summarize_run(run_dir: str | Path) -> RunSummary:
+    run_dir = Path(run_dir)
+    return summarize_events(run_dir, run_events(run_dir))
+
+
+def scan_runs(runs_dir: str | Path) -> list[RunSummary]:
+    """Every run folder (one with an events file) under ``runs_dir``, newest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    runs = [summarize_run(p) for p in root.iterdir() if (p / EVENTS_FILE).is_file()]
+    return sorted(runs, key=lambda r: (r.started, r.name), reverse=True)
+
+
+def load_curves(run_dir: str | Path) -> Curves:
+    c = Curves()
+    for e in run_events(run_dir):
+        if isinstance(e, ev.Step) and math.isfinite(e.loss):
+            c.steps.append(e.step)
+            c.losses.append(e.loss)
+        elif isinstance(e, ev.Eval) and math.isfinite(e.eval_loss):
+            c.eval_steps.append(e.step)
+            c.eval_losses.append(e.eval_loss)
+    return c
