@@ -30,7 +30,7 @@ from gui.theme import WONT_FIT
 
 LABELS = {"lr_scheduler": "LR scheduler", "r": "Rank (r)", "max_steps": "Max steps",
           "grad_accum": "Gradient accumulation", "eval_steps": "Eval every N steps",
-          "save_steps": "Save every N steps", "ptuning_v2": "P-tuning v2"}
+          "save_steps": "Save every N steps"}
 
 
 def label_for(name: str) -> str:
