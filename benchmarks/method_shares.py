@@ -1,7 +1,7 @@
 """Share of parameters each method trains, beside the lesson's claims (docs/methods.md table).
 
 Every count is exact: the model is built from its config on the meta device and the method is
-applied with the code training uses (engine.methods.facts). No weights are downloaded.
+applied with the code training uses (engine.method_facts). No weights are downloaded.
 
     python benchmarks/method_shares.py            # markdown table on stdout
     python benchmarks/method_shares.py --json
@@ -55,7 +55,7 @@ ROWS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def models() -> list[tuple[str, Any]]:
-    from engine.methods.facts import resolve_config
+    from engine.method_facts import resolve_config
 
     out = [("SmolLM2-135M", resolve_config("smollm2-135m-instruct"))]
     try:
@@ -74,7 +74,7 @@ def models() -> list[tuple[str, Any]]:
 
 
 def measure() -> dict[str, Any]:
-    from engine.methods.facts import method_facts
+    from engine.method_facts import method_facts
 
     result: dict[str, Any] = {"models": {}, "rows": []}
     configs = models()

@@ -61,14 +61,14 @@ def _display_root(model: Any) -> tuple[Any, list[tuple[str, Any]]]:
 def explain(model_source: Any, method: str, method_cfg: Any = None, *,
             task: str | None = None) -> dict[str, Any]:
     """The architecture map as plain data (see the module docstring for the node fields)."""
-    from engine.methods import get_method
-    from engine.methods.facts import (
+    from engine.method_facts import (
         apply_on_meta,
         build_meta_model,
         method_config,
         natural_task,
         resolve_config,
     )
+    from engine.methods import get_method
 
     spec = get_method(method)
     config = resolve_config(model_source)

@@ -60,8 +60,8 @@ def _readme_license(source: str) -> str:
 
 def count_parameters(config: Any) -> int:
     """Exact parameter count of a model built from ``config`` on the meta device."""
+    from engine.method_facts import build_meta_model, natural_task
     from engine.methods import count_parameters as count
-    from engine.methods.facts import build_meta_model, natural_task
 
     return count(build_meta_model(config, natural_task(config)))[1]
 
@@ -125,7 +125,7 @@ def advise(source: str, **kwargs: Any) -> dict[str, Any]:
 def method_shares(source: str) -> dict[str, float | None]:
     """Share of parameters each registered method trains on ``source`` (0..1); None for a
     method this model cannot run. The counter is the one training reports (engine.methods)."""
-    from engine.methods.facts import all_method_facts
+    from engine.method_facts import all_method_facts
 
     facts = all_method_facts(_config(source))
     return {name: f.get("share") for name, f in facts.items()}

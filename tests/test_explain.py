@@ -10,7 +10,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.explain import explain, render
-from engine.methods.facts import all_method_facts, method_facts
+from engine.method_facts import all_method_facts, method_facts
 
 
 def _tiny_config() -> Any:

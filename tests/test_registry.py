@@ -72,7 +72,7 @@ def test_a_new_method_appears_in_the_advisor(twin: methods.MethodSpec) -> None:
 
 def test_a_new_method_appears_in_explain_and_facts(twin: methods.MethodSpec) -> None:
     from engine.explain import explain
-    from engine.methods.facts import all_method_facts, method_facts
+    from engine.method_facts import all_method_facts, method_facts
 
     report = explain(_tiny_config(), TWIN, {"r": 4})
     assert report["method"] == TWIN and report["label"] == "LoRA twin"

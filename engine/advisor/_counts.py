@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import UserError
+from engine.method_facts import build_meta_model
 from engine.methods import METHODS
-from engine.methods.facts import build_meta_model
 
 # Linear layers grouped by the tensor they read, so a shared input is counted once.
 _INPUT_GROUPS = {
@@ -163,7 +163,7 @@ class MethodOptions:
 
 
 def _method_config(method: str, opts: MethodOptions) -> Any:
-    from engine.methods.facts import method_config
+    from engine.method_facts import method_config
 
     return method_config(method, {**asdict(opts), "target_modules": list(opts.target_modules)})
 
@@ -190,8 +190,8 @@ def method_counts(config: Any, method: str, opts: MethodOptions | None = None) -
 
 def _count(config: Any, method: str, opts: MethodOptions) -> MethodCounts:
     """The method applied by its own spec to a meta-device model, as a training run does."""
+    from engine.method_facts import apply_on_meta
     from engine.methods import count_parameters
-    from engine.methods.facts import apply_on_meta
 
     model = apply_on_meta(build_meta_model(config, "sft"), method, _method_config(method, opts),
                           "sft")
