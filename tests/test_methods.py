@@ -91,8 +91,8 @@ def test_adapter_starts_exactly_at_the_base(tiny_llama_dir: Path) -> None:
     model = get_method("adapter").apply(base, cfg, "sft")
     torch.testing.assert_close(_logits(model), before, rtol=0, atol=0)
     trainable, _total = count_parameters(model)
-    # 2 layers x 2 sites x (32*8 + 8 + 8*32 + 32)
-    assert trainable == 2 * 2 * (32 * 8 + 8 + 8 * 32 + 32)
+    # 2 layers x 2 sites x (64*8 + 8 + 8*64 + 64)
+    assert trainable == 2 * 2 * (64 * 8 + 8 + 8 * 64 + 64)
     assert all("_adapter." in n for n, p in model.named_parameters() if p.requires_grad)
 
 
