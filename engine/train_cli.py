@@ -102,12 +102,22 @@ class StopSignal:
         return self._event.is_set() or self.stop_file.exists()
 
 
+def _job_file(arg: str) -> Path:
+    """A job file's path, or a bundled preset: its name (``demo-persona``) or its
+    repository path (``resources/presets/demo-persona.yaml``), from any folder."""
+    from engine import resources
+
+    if Path(arg).is_file():
+        return Path(arg)
+    return resources.preset(arg) or resources.locate(arg)
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.cli import quiet_libraries
     from engine.config import load_job
 
     quiet_libraries()
-    job = load_job(args.job)
+    job = load_job(_job_file(args.job))
     from engine.training import STOP_FILE, new_run_dir, run_training
 
     if args.resume and not args.run_dir:
