@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import copy
 import functools
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-CATALOG_FILE = RESOURCES / "catalog" / "models.yaml"
+from engine import resources
 
 
 @functools.cache
 def _entries() -> tuple[dict[str, Any], ...]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser is ~10× faster
-    data = yaml.load(CATALOG_FILE.read_text(encoding="utf-8"), Loader=loader)
+    text = resources.path("catalog", "models.yaml").read_text(encoding="utf-8")
+    data = yaml.load(text, Loader=loader)
     return tuple(data["models"])
 
 

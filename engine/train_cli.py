@@ -103,12 +103,23 @@ class StopSignal:
         return self._event.is_set() or self.stop_file.exists()
 
 
+def _job_file(arg: str) -> Path:
+    """A job file's path, or a bundled preset: its name (``demo-persona``) or its
+    repository path (``resources/presets/demo-persona.yaml``), from any folder."""
+    from engine import resources
+
+    if Path(arg).is_file():
+        return Path(arg)
+    return resources.preset(arg) or resources.locate(arg)
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.cli import quiet_libraries
     from engine.config import load_job
 
     quiet_libraries()
-    job = load_job(args.job)
+    job_file = _job_file(args.job)
+    job = load_job(job_file)
     from engine.training import run_training
 
     if args.resume and not args.run_dir:
@@ -132,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_training(job, run_dir=run_dir, emit=emit,
                               should_stop=StopSignal(run_dir, args.events_stdout),
-                              resume=args.resume, job_file=args.job)
+                              resume=args.resume, job_file=job_file)
     except UserError as exc:
         if args.events_stdout:
             raise  # the dispatcher prints it on stderr; the GUI reads the error event

@@ -8,7 +8,9 @@ from typing import Any
 
 import yaml
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "resources" / "presets"
+from engine import resources
+
+PRESETS_DIR = resources.root() / "presets"  # the bundled presets, wherever Tunesmith is installed
 
 
 @dataclass(frozen=True)

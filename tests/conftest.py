@@ -41,13 +41,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
-    """A 2-layer Llama (hidden 32) with SmolLM2's real tokenizer and chat template."""
+    """A 2-layer Llama (hidden 64) with SmolLM2's real tokenizer and chat template.
+
+    4-bit layers need what real models have: bitsandbytes' CPU 4-bit path reshapes the block
+    scales as [out, in // 64] (inputs a multiple of the block size, 64) and packs the weight in
+    blocks of 32 rows (outputs a multiple of 32: here k/v_proj, 2 KV heads x 16 = 32).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     vocab = json.loads((default_model_dir / "config.json").read_text())["vocab_size"]
-    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, tie_word_embeddings=True,
                          bos_token_id=1, eos_token_id=2, pad_token_id=2)

@@ -98,7 +98,7 @@ def test_explain_adapter_and_prefix(tiny_llama_dir: Path) -> None:
     prefix = explain(str(tiny_llama_dir), "prefix", {"num_virtual_tokens": 5})
     top = [c["name"] for c in prefix["tree"]["children"]]
     assert "prompt_encoder" in top
-    assert prefix["totals"]["trainable_params"] == 2 * 2 * 5 * 16  # tiny llama: kv width 16
+    assert prefix["totals"]["trainable_params"] == 2 * 2 * 5 * 32  # tiny llama: kv width 32
 
 
 def test_explain_cli_json(tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

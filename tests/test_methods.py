@@ -78,7 +78,14 @@ def test_trains_saves_and_reloads_same_logits(method: str, tiny_llama_dir: Path,
     before = _logits(base)
     reloaded = spec.load_trained(base, result.output_path)
     after = _logits(reloaded)
-    torch.testing.assert_close(after, seen["logits"], rtol=1e-4, atol=1e-4)
+    if spec.quantized_base:
+        # On CPUs with AVX512-BF16, bitsandbytes runs a 4-bit layer through a bf16 kernel when
+        # no input needs a gradient (the reloaded model) and in fp32 otherwise (the trained
+        # model, whose inputs require grad for checkpointing): they agree to bf16 rounding.
+        drift = float((after - seen["logits"]).abs().max())
+        assert drift < 0.1 * float((before - seen["logits"]).abs().max()), drift
+    else:
+        torch.testing.assert_close(after, seen["logits"], rtol=1e-4, atol=1e-4)
     if after.shape == before.shape:  # prompt tuning adds virtual positions to the logits
         assert not torch.allclose(after, before)  # the saved result is really in use
 
@@ -92,8 +99,8 @@ def test_adapter_starts_exactly_at_the_base(tiny_llama_dir: Path) -> None:
     model = get_method("adapter").apply(base, cfg, "sft")
     torch.testing.assert_close(_logits(model), before, rtol=0, atol=0)
     trainable, _total = count_parameters(model)
-    # 2 layers x 2 sites x (32*8 + 8 + 8*32 + 32)
-    assert trainable == 2 * 2 * (32 * 8 + 8 + 8 * 32 + 32)
+    # 2 layers x 2 sites x (64*8 + 8 + 8*64 + 64)
+    assert trainable == 2 * 2 * (64 * 8 + 8 + 8 * 64 + 64)
     assert all("_adapter." in n for n, p in model.named_parameters() if p.requires_grad)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import resources
 from engine.data._formats import EXPECTED, Sample, detect_format, to_samples
 from engine.data._readers import Row, dataset_files, read_rows
 from engine.data._tokenize import (
@@ -97,7 +98,7 @@ class PreparedData:
 def _cache_key(job: Any, tokenizer: Any, packed: bool) -> str:
     ds = job.dataset
     files = []
-    path = Path(ds.path).expanduser()
+    path = resources.locate(ds.path)
     if path.exists():
         for f in dataset_files(path):
             st = f.stat()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import resources
 from engine.errors import DataError, UserError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
@@ -148,7 +149,7 @@ def read_rows(source: str, split: str = "train") -> list[Row]:
     if not source:
         raise UserError("dataset.path is empty", "pick a dataset file or folder",
                         code="bad_data")
-    path = Path(source).expanduser()
+    path = resources.locate(source)  # resources/datasets/... is found from any folder
     if not path.exists():
         parts = source.split("/")
         if len(parts) == 2 and all(parts) and path.suffix.lower() not in SUFFIXES:

@@ -14,7 +14,10 @@ from engine.export._run import RunInfo
 # Inputs the merge and GGUF checks run on (with the chat template, as a user would chat).
 CHECK_PROMPTS = ("Hello! Who are you?", "Write a haiku about the sea.",
                  "What is 12 times 7? Answer briefly.")
-MERGE_TOLERANCE = 1e-4  # fp32: merged vs base+adapter, largest absolute logit difference
+# Merged vs base+adapter in fp32: the largest logit difference, as a share of the largest
+# logit. Rounding alone leaves ~3e-6 of it on SmolLM2-135M; a wrong merge leaves far more
+# (one of 210 LoRA modules dropped: 1.5e-3; the adapter doubled: 0.18). See docs/export.md.
+MERGE_RELATIVE_TOLERANCE = 2e-5
 DTYPES = ("bfloat16", "float16", "float32")
 MAX_SHARD_SIZE = "2GB"
 FP64_RECHECK_MAX_PARAMS = 4_000_000_000  # a float64 copy of a bigger model is too much RAM
@@ -57,6 +60,22 @@ def max_abs_diff(a: list[Any], b: list[Any]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
+def logit_scale(logits: list[Any]) -> float:
+    """The largest absolute logit: the scale that fp32 rounding errors grow with."""
+    return max(float(x.abs().max()) for x in logits)
+
+
+def merge_tolerance(reference: list[Any]) -> float:
+    """The largest logit difference a correct merge may show, relative to the logits' scale."""
+    return MERGE_RELATIVE_TOLERANCE * logit_scale(reference)
+
+
+def top1_agreement(a: list[Any], b: list[Any]) -> float:
+    """The share of positions where both give the same most likely next token."""
+    same = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(a, b, strict=True))
+    return same / sum(x.shape[:-1].numel() for x in a)
+
+
 def _load_fp32_base(info: RunInfo, device: str, emit: EventSink | None) -> Any:
     from engine.models import load_base, resolve_precision
 
@@ -84,9 +103,12 @@ def merge_run(info: RunInfo, tokenizer: Any, device: str, emit: EventSink) -> Me
     merged = peft_model.merge_and_unload(safe_merge=True)
     got = logits_of(merged, inputs)
     diff = max_abs_diff(reference, got)
+    allowed = merge_tolerance(reference)
     notes = [f"merge checked in fp32 on {len(inputs)} chat prompts: largest logit difference "
-             f"{diff:.2e} (allowed {MERGE_TOLERANCE:g})"]
-    if not diff <= MERGE_TOLERANCE:  # also catches NaN
+             f"{diff:.2e} (allowed {allowed:.2e}: {MERGE_RELATIVE_TOLERANCE:g} of the largest "
+             f"logit, {logit_scale(reference):.3g}); next-token agreement "
+             f"{top1_agreement(reference, got):.0%}"]
+    if not diff <= allowed:  # also catches NaN
         notes = [_fp64_recheck(info, inputs, reference, got, diff, emit)]
     if info.spec.quantized_base:
         notes.append("QLoRA: the adapter was merged into the base reloaded in full precision, "
@@ -97,19 +119,22 @@ def merge_run(info: RunInfo, tokenizer: Any, device: str, emit: EventSink) -> Me
 
 def _fp64_recheck(info: RunInfo, inputs: list[Any], ref32: list[Any], got32: list[Any],
                   diff: float, emit: EventSink) -> str:
-    """Tell fp32 rounding from a wrong merge: redo both sides in float64 (on the CPU).
+    """Tell fp32 rounding from a wrong merge: redo base+adapter in float64 (on the CPU).
 
-    In a deep model two fp32 computations of the same function drift apart by ~1e-4 in the
-    logits; that is not a merge error. The merge passes when, in float64, merged and
-    base+adapter agree to 1e-6, and the fp32 merged model is no further from the float64
-    result than fp32 base+adapter is.
+    A deeper or larger model than SmolLM2 can drift further in fp32 than the relative
+    tolerance. The merge still passes when the fp32 merged model is no further from the
+    float64 base+adapter than fp32 base+adapter itself is (twice that, plus 1e-6 of the
+    logits' scale). The "float64" forward still casts to fp32 inside (RMSNorm and softmax
+    upcast to fp32 by design), so float64 merged vs base+adapter agrees only to fp32 level:
+    it is reported, not bounded by an absolute 1e-6 that fails on other machines.
     """
     import torch
 
+    allowed = merge_tolerance(ref32)
     if not math.isfinite(diff) or info.base_param_count() > FP64_RECHECK_MAX_PARAMS:
         raise ExportCheckFailed(
             f"the merged model's logits differ from base+adapter by {diff:.3g} "
-            f"(allowed {MERGE_TOLERANCE:g}); nothing was written")
+            f"(allowed {allowed:.3g}); nothing was written")
     emit(Progress(stage="export", current=0, total=1,
                   message=f"fp32 difference {diff:.2e}: re-checking the merge in float64"))
     base = _load_fp32_base(info, "cpu", emit).double()
@@ -119,10 +144,10 @@ def _fp64_recheck(info: RunInfo, inputs: list[Any], ref32: list[Any], got32: lis
     floor = max_abs_diff([r.double() for r in ref32], ref64)
     ours = max_abs_diff([g.double() for g in got32], ref64)
     del base, peft64
-    if not (exact <= 1e-6 and ours <= 2 * floor + 1e-5):
+    if not ours <= 2 * floor + 1e-6 * logit_scale(ref32):
         raise ExportCheckFailed(
             f"the merged model's logits differ from base+adapter by {diff:.3g} in fp32 "
-            f"(allowed {MERGE_TOLERANCE:g}) and by {exact:.3g} in float64; the merged fp32 "
+            f"(allowed {allowed:.3g}) and by {exact:.3g} in float64; the merged fp32 "
             f"model is {ours:.3g} from the float64 result, base+adapter {floor:.3g}; "
             "nothing was written")
     return (f"merge checked on {len(inputs)} chat prompts: fp32 logit difference {diff:.2e} "
