@@ -62,26 +62,38 @@ class Precision:
     bf16: bool
     fp16: bool
     name: str
+    reason: str = ""  # why this precision (the run_started event says it)
 
 
 def resolve_precision(requested: str, device: str) -> Precision:
     import torch
 
+    from engine.hardware import cpu_native_bf16
+
+    why = f"training.precision: {requested}"
     if requested == "auto":
         if device == "cuda":
             requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            why = f"auto: this GPU {'supports' if requested == 'bf16' else 'lacks'} bf16"
+        elif device == "cpu" and cpu_native_bf16()[0]:
+            requested, why = "bf16", f"auto: {cpu_native_bf16()[1]}"
         else:
-            requested = "fp32"  # CPU and MPS: fp32 is exact and well supported
-    if requested in ("bf16", "fp16") and device == "cpu":
-        # autocast on the CPU is slow and fp16 is unsupported: say so rather than crawl.
-        raise UserError(f"training.precision {requested} is not supported on the CPU",
+            requested = "fp32"  # MPS and CPUs without native bf16: fp32 is exact and fast
+            why = f"auto: {cpu_native_bf16()[1] if device == 'cpu' else 'fp32 on ' + device}"
+    if device == "cpu" and requested == "fp16":
+        raise UserError("training.precision fp16 is not supported on the CPU",
+                        "set training.precision: auto, bf16 or fp32", code="bad_job")
+    if device == "cpu" and requested == "bf16" and not cpu_native_bf16()[0]:
+        raise UserError(f"training.precision bf16: {cpu_native_bf16()[1]}",
                         "set training.precision: auto or fp32", code="bad_job")
     if requested == "bf16":
-        return Precision(torch.bfloat16, True, False, "bf16")
+        # On the CPU the weights stay fp32 masters and autocast runs the matmuls in bf16.
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        return Precision(dtype, True, False, "bf16", why)
     if requested == "fp16":
         # fp16 weights do not train stably; keep fp32 masters and autocast to fp16.
-        return Precision(torch.float32, False, True, "fp16")
-    return Precision(torch.float32, False, False, "fp32")
+        return Precision(torch.float32, False, True, "fp16", why)
+    return Precision(torch.float32, False, False, "fp32", why)
 
 
 def load_base(job: JobConfig, folder: str, device: str, precision: Precision,
@@ -165,8 +177,9 @@ class ListDataset:
 class Collator:
     """Pad a batch on the right; padding is masked by position, never by token id."""
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, count_tokens: bool = False) -> None:
         self.pad_id = pad_id
+        self.count_tokens = count_tokens  # hand the trainer (real, trained) token counts
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
@@ -186,16 +199,49 @@ class Collator:
         else:
             batch["attention_mask"] = torch.tensor(
                 [[1] * len(r["input_ids"]) + [0] * (n - len(r["input_ids"])) for r in rows])
+        if self.count_tokens:
+            from engine._callback import TOKEN_COUNTS
+
+            real = sum(len(r["input_ids"]) for r in rows)
+            trained = sum(x != -100 for r in rows for x in r["labels"][1:])  # after the shift
+            batch[TOKEN_COUNTS] = torch.tensor([real, trained])
         return batch
 
 
 def make_trainer_class() -> type:
     from transformers import Trainer
 
+    from engine._callback import TOKEN_COUNTS, TokenCounter
+    from engine._loss import trainer_loss
+
     class AtomicCheckpointTrainer(Trainer):  # type: ignore[misc]
-        """Writes each checkpoint into a staging folder, then renames it into place."""
+        """Writes each checkpoint into a staging folder, then renames it into place.
+
+        With ``lean_loss`` (sft, token-by-token methods) the causal-LM loss is computed from
+        the decoder's hidden states chunk by chunk (engine._loss), never the batch's logits.
+        """
 
         on_checkpoint: Callable[[Path, int], None] | None = None
+        lean_loss = False
+        _tokens: TokenCounter | None = None
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            counts = inputs.pop(TOKEN_COUNTS, None)
+            if model.training:
+                if self._tokens is None:
+                    self._tokens = TokenCounter()
+                self._tokens.add(inputs, counts)
+            if self.lean_loss and not return_outputs:  # evaluation needs the outputs
+                loss = trainer_loss(self, model, inputs, num_items_in_batch)
+                if loss is not None:
+                    return loss
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs and self._tokens is not None:
+                logs.update(self._tokens.take(self.accelerator))
+            super().log(logs, start_time)
 
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             final_root = Path(self.args.output_dir)
@@ -328,9 +374,10 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=ListDataset(data.train),
         eval_dataset=ListDataset(data.eval) if has_eval else None,
-        data_collator=task.collator if task else Collator(tokenizer.pad_token_id),
+        data_collator=task.collator if task else Collator(tokenizer.pad_token_id, True),
         compute_metrics=task.compute_metrics if task else None, callbacks=[callback])
     trainer.on_checkpoint = lambda path, step: emit(ev.Checkpoint(step=step, path=str(path)))
+    trainer.lean_loss = job.task == "sft" and spec.packs
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)  # our events replace its prints on stdout
@@ -347,7 +394,7 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
         run_dir=str(run_dir), job=job.to_dict(), model=model_facts(config),
         method=job.method.name, trainable_params=trainable, total_params=total,
         quantized_4bit=is_4bit(model), device=device, max_steps=_planned_steps(trainer, data),
-        pid=os.getpid()))
+        pid=os.getpid(), precision=precision.name, precision_reason=precision.reason))
 
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     step = trainer.state.global_step
