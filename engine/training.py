@@ -232,10 +232,11 @@ def make_trainer_class() -> type:
                 if self._tokens is None:
                     self._tokens = TokenCounter()
                 self._tokens.add(inputs, counts)
-            if self.lean_loss and not return_outputs:  # evaluation needs the outputs
+            # Evaluation reads outputs only for compute_metrics (classify): the loss is enough.
+            if self.lean_loss and (not return_outputs or self.compute_metrics is None):
                 loss = trainer_loss(self, model, inputs, num_items_in_batch)
                 if loss is not None:
-                    return loss
+                    return (loss, {"loss": loss}) if return_outputs else loss
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -112,7 +112,7 @@ def test_no_labels_gives_the_models_nan_mean_and_zero_sum() -> None:
     batch = Collator(0)([{"input_ids": [5, 6, 7], "labels": [-100] * 3}])
     hidden = model.model(input_ids=batch["input_ids"]).last_hidden_state
     assert torch.isnan(causal_lm_loss(hidden, model.lm_head.weight, batch["labels"]))
-    assert float(causal_lm_loss(hidden, model.lm_head.weight, batch["labels"], 4)) == 0.0
+    assert float(causal_lm_loss(hidden, model.lm_head.weight, batch["labels"], 4).detach()) == 0
 
 
 def _largest_float32(fn: object) -> int:
@@ -171,13 +171,14 @@ def test_plain_head_recognises_llama_and_peft_but_not_others() -> None:
         task_type="CAUSAL_LM", num_virtual_tokens=2))) is not None  # the trainer skips these
 
 
-def _one_step(model: object, lean: bool, tmp_path: Path, data: list) -> tuple[float, dict]:
+def _one_step(model: object, lean: bool, tmp_path: Path, data: list) -> tuple[tuple, dict]:
     from transformers import TrainingArguments
 
     before = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
     args = TrainingArguments(
         output_dir=str(tmp_path / f"out-{lean}"), max_steps=1, per_device_train_batch_size=2,
-        gradient_accumulation_steps=2, learning_rate=0.5, optim="sgd", max_grad_norm=0.0,
+        per_device_eval_batch_size=2, gradient_accumulation_steps=2, learning_rate=0.5,
+        optim="sgd", max_grad_norm=0.0,
         lr_scheduler_type="constant", logging_steps=1, report_to="none", use_cpu=True,
         save_strategy="no", disable_tqdm=True, remove_unused_columns=False, seed=0)
     trainer = make_trainer_class()(model=model, args=args, train_dataset=ListDataset(data),
@@ -186,13 +187,15 @@ def _one_step(model: object, lean: bool, tmp_path: Path, data: list) -> tuple[fl
     trainer.train()
     loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
     delta = {k: p.detach() - before[k] for k, p in model.named_parameters() if k in before}
-    return loss, delta
+    eval_loss = trainer.evaluate(ListDataset(rows([7, 13, 10], prompt=2)))["eval_loss"]
+    return (loss, eval_loss), delta
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_trainer_step_equals_the_models_own_loss(method: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """One SGD step (grad accumulation 2, uneven label counts): same loss, same updates."""
+    """One SGD step (grad accumulation 2, uneven label counts): same loss, same updates,
+    then the same evaluation loss."""
     import engine._loss as loss_mod
 
     calls = []
@@ -214,8 +217,8 @@ def test_trainer_step_equals_the_models_own_loss(method: str, tmp_path: Path,
     ref_loss, ref_delta = _one_step(build(), False, tmp_path, data)
     assert not calls
     loss, delta = _one_step(build(), True, tmp_path, data)
-    assert len(calls) == 2  # both micro-batches took the chunked path
-    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    assert len(calls) == 2 + 2  # both micro-batches and both evaluation batches
+    assert loss == pytest.approx(ref_loss, rel=1e-6)  # (train loss, eval loss)
     assert ref_delta.keys() == delta.keys()
     if method == "full":
         assert "model.embed_tokens.weight" in delta  # tied head and embedding, one weight
