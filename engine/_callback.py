@@ -12,6 +12,40 @@ from transformers import TrainerCallback
 from engine import events as ev
 from engine.telemetry_mem import memory_snapshot
 
+# The key under which the sft collator hands the trainer a batch's (real, trained) token counts.
+TOKEN_COUNTS = "tunesmith_token_counts"
+
+
+class TokenCounter:
+    """Real and trained tokens since the last step event, summed on the device.
+
+    *Real* tokens are the batch's sequences without their padding (packed or not), *trained*
+    tokens are those with a label, after the causal shift (what the loss is averaged over).
+    Counts stay device tensors until a log line reads them, so counting adds no sync per step.
+    """
+
+    def __init__(self) -> None:
+        self._sum: Any = None
+
+    def add(self, inputs: dict[str, Any], counts: Any) -> None:
+        if counts is None:  # another collator (classify): real tokens from the attention mask
+            mask = inputs.get("attention_mask")
+            if mask is None:
+                return
+            counts = mask.sum().reshape(1)
+        self._sum = counts if self._sum is None else self._sum + counts
+
+    def take(self, accelerator: Any) -> dict[str, int]:
+        """``real_tokens`` (and ``trained_tokens`` where known) since the last take."""
+        if self._sum is None:
+            return {}
+        total = self._sum
+        if accelerator.num_processes > 1:
+            total = accelerator.reduce(total, reduction="sum")
+        self._sum = None
+        values = [int(v) for v in total.tolist()]  # the one sync, once per log line
+        return dict(zip(("real_tokens", "trained_tokens"), values, strict=False))
+
 
 class EventCallback(TrainerCallback):
     """on_log → Step/Eval, on_evaluate → Sample, on_step_end → honour Stop, guard NaN."""
@@ -67,7 +101,9 @@ class EventCallback(TrainerCallback):
 
     def _step_event(self, state: Any, loss: float, logs: dict[str, Any]) -> ev.Step:
         now = time.perf_counter()
-        tokens = state.num_input_tokens_seen - self._last_tokens
+        tokens = logs.get("real_tokens")  # from TokenCounter; padding included only without it
+        if tokens is None:
+            tokens = state.num_input_tokens_seen - self._last_tokens
         rate = tokens / max(now - self._last_time, 1e-9)
         self._last_time, self._last_tokens = now, state.num_input_tokens_seen
         elapsed = now - self._start
@@ -78,7 +114,8 @@ class EventCallback(TrainerCallback):
             step=state.global_step, max_steps=state.max_steps, epoch=float(state.epoch or 0),
             loss=loss, learning_rate=float(logs.get("learning_rate", 0.0)),
             grad_norm=None if grad_norm is None else float(grad_norm),
-            tokens_per_s=round(rate, 1), memory=memory_snapshot(self.device),
+            tokens_per_s=round(rate, 1), trained_tokens=logs.get("trained_tokens"),
+            memory=memory_snapshot(self.device),
             elapsed_s=round(elapsed, 2), eta_s=None if eta is None else round(eta, 1))
 
     def _fail_non_finite(self, state: Any, control: Any, loss: float) -> None:

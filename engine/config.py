@@ -145,7 +145,8 @@ class TrainingConfig:
         "adamw (32-bit), adamw_8bit or paged_adamw_8bit (bitsandbytes, GPU).",
         choices=("adamw", "adamw_8bit", "paged_adamw_8bit")))
     precision: str = field(default="auto", metadata=_help(
-        "auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU.",
+        "auto: bf16 where the GPU supports it, else fp16 on GPU; on the CPU bf16 autocast where "
+        "it has native bf16 (AVX-512 BF16 or AMX), else fp32.",
         choices=PRECISIONS))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "Recompute activations in the backward pass: much less memory, ~30% slower."))

@@ -35,6 +35,8 @@ class RunStarted:
     device: str = "cpu"
     max_steps: int = 0
     pid: int = 0
+    precision: str = ""  # fp32 | bf16 | fp16, as training runs
+    precision_reason: str = ""  # why (e.g. "auto: the CPU has native bf16 (...)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,10 +77,14 @@ class Step:
     loss: float = 0.0
     learning_rate: float = 0.0
     grad_norm: float | None = None
+    # Real (non-pad) tokens per second since the previous step event.
     tokens_per_s: float = 0.0
     memory: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
     eta_s: float | None = None
+    # Tokens the loss learned from (labels other than -100, after the causal shift) since the
+    # previous step event; None where the task has no token labels (classify).
+    trained_tokens: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

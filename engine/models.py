@@ -279,27 +279,39 @@ class Precision:
     bf16: bool
     fp16: bool
     name: str
+    reason: str = ""  # why this precision (the run_started event says it)
 
 
 def resolve_precision(requested: str, device: str) -> Precision:
-    """``training.precision`` (auto | bf16 | fp16 | fp32) on ``device``."""
+    """``training.precision`` (auto | bf16 | fp16 | fp32) on ``device``, with the reason."""
     import torch
 
+    from engine.hardware import cpu_native_bf16
+
+    why = f"training.precision: {requested}"
     if requested == "auto":
         if device == "cuda":
             requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            why = f"auto: this GPU {'supports' if requested == 'bf16' else 'lacks'} bf16"
+        elif device == "cpu" and cpu_native_bf16()[0]:
+            requested, why = "bf16", f"auto: {cpu_native_bf16()[1]}"
         else:
-            requested = "fp32"  # CPU and MPS: fp32 is exact and well supported
-    if requested in ("bf16", "fp16") and device == "cpu":
-        # autocast on the CPU is slow and fp16 is unsupported: say so rather than crawl.
-        raise UserError(f"training.precision {requested} is not supported on the CPU",
+            requested = "fp32"  # MPS and CPUs without native bf16: fp32 is exact and fast
+            why = f"auto: {cpu_native_bf16()[1] if device == 'cpu' else 'fp32 on ' + device}"
+    if device == "cpu" and requested == "fp16":
+        raise UserError("training.precision fp16 is not supported on the CPU",
+                        "set training.precision: auto, bf16 or fp32", code="bad_job")
+    if device == "cpu" and requested == "bf16" and not cpu_native_bf16()[0]:
+        raise UserError(f"training.precision bf16: {cpu_native_bf16()[1]}",
                         "set training.precision: auto or fp32", code="bad_job")
     if requested == "bf16":
-        return Precision(torch.bfloat16, True, False, "bf16")
+        # On the CPU the weights stay fp32 masters and autocast runs the matmuls in bf16.
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        return Precision(dtype, True, False, "bf16", why)
     if requested == "fp16":
         # fp16 weights do not train stably; keep fp32 masters and autocast to fp16.
-        return Precision(torch.float32, False, True, "fp16")
-    return Precision(torch.float32, False, False, "fp32")
+        return Precision(torch.float32, False, True, "fp16", why)
+    return Precision(torch.float32, False, False, "fp32", why)
 
 
 def load_base(job: JobConfig, folder: str, device: str, precision: Precision,

@@ -48,7 +48,9 @@ class ProgressBar:
             self._line(f"run {event.run_dir}: {event.method} on {event.device}, "
                        f"{event.trainable_params:,} of {event.total_params:,} parameters "
                        f"trained ({share:.2f}%){', 4-bit base' if event.quantized_4bit else ''}, "
-                       f"{event.max_steps} steps")
+                       f"{event.max_steps} steps"
+                       + (f", {event.precision} ({event.precision_reason})"
+                          if event.precision else ""))
         elif isinstance(event, ev.Eval):
             self._line(f"eval @ step {event.step}: loss {event.eval_loss:.4f}")
         elif isinstance(event, ev.Sample):

@@ -96,8 +96,9 @@ class ListDataset:
 class Collator:
     """Pad a batch on the right; padding is masked by position, never by token id."""
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, count_tokens: bool = False) -> None:
         self.pad_id = pad_id
+        self.count_tokens = count_tokens  # hand the trainer (real, trained) token counts
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
@@ -117,16 +118,50 @@ class Collator:
         else:
             batch["attention_mask"] = torch.tensor(
                 [[1] * len(r["input_ids"]) + [0] * (n - len(r["input_ids"])) for r in rows])
+        if self.count_tokens:
+            from engine._callback import TOKEN_COUNTS
+
+            real = sum(len(r["input_ids"]) for r in rows)
+            trained = sum(x != -100 for r in rows for x in r["labels"][1:])  # after the shift
+            batch[TOKEN_COUNTS] = torch.tensor([real, trained])
         return batch
 
 
 def make_trainer_class() -> type:
     from transformers import Trainer
 
+    from engine._callback import TOKEN_COUNTS, TokenCounter
+    from engine._loss import trainer_loss
+
     class AtomicCheckpointTrainer(Trainer):  # type: ignore[misc]
-        """Writes each checkpoint into a staging folder, then renames it into place."""
+        """Writes each checkpoint into a staging folder, then renames it into place.
+
+        With ``lean_loss`` (sft, token-by-token methods) the causal-LM loss is computed from
+        the decoder's hidden states chunk by chunk (engine._loss), never the batch's logits.
+        """
 
         on_checkpoint: Callable[[Path, int], None] | None = None
+        lean_loss = False
+        _tokens: TokenCounter | None = None
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            counts = inputs.pop(TOKEN_COUNTS, None)
+            if model.training:
+                if self._tokens is None:
+                    self._tokens = TokenCounter()
+                self._tokens.add(inputs, counts)
+            # Evaluation reads outputs only for compute_metrics (classify): the loss is enough.
+            if self.lean_loss and (not return_outputs or self.compute_metrics is None):
+                loss = trainer_loss(self, model, inputs, num_items_in_batch)
+                if loss is not None:
+                    return (loss, {"loss": loss}) if return_outputs else loss
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs and self._tokens is not None:
+                logs.update(self._tokens.take(self.accelerator))
+            super().log(logs, start_time)
 
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             final_root = Path(self.args.output_dir)
@@ -213,6 +248,7 @@ class _Run:
     task: Any  # a non-sft task's setup (collator, metrics, extras), None for sft
     trainer: Any
     callback: Any  # engine._callback.EventCallback
+    precision: Any  # engine.models.Precision
 
 
 def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Callable[[], bool],
@@ -257,7 +293,7 @@ def _setup(job: JobConfig, run_dir: Path, emit: ev.EventSink,
     args = training_arguments(job, run_dir, device, precision, bool(data.eval), len(data.train))
     trainer, callback = _setup_trainer(job, args, model, tokenizer, data, task, device, emit,
                                        should_stop)
-    return _Run(spec, device, config, tokenizer, data, task, trainer, callback)
+    return _Run(spec, device, config, tokenizer, data, task, trainer, callback, precision)
 
 
 def _setup_data(job: JobConfig, spec: Any, tokenizer: Any, model_type: str,
@@ -303,6 +339,7 @@ def _setup_trainer(job: JobConfig, args: Any, model: Any, tokenizer: Any, data: 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from engine._callback import EventCallback
+    from engine.methods import get_method
 
     callback = EventCallback(emit, should_stop, tokenizer=tokenizer,
                              sample_prompts=[] if task else job.training.sample_prompts,
@@ -311,9 +348,10 @@ def _setup_trainer(job: JobConfig, args: Any, model: Any, tokenizer: Any, data: 
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=ListDataset(data.train),
         eval_dataset=ListDataset(data.eval) if data.eval else None,
-        data_collator=task.collator if task else Collator(tokenizer.pad_token_id),
+        data_collator=task.collator if task else Collator(tokenizer.pad_token_id, True),
         compute_metrics=task.compute_metrics if task else None, callbacks=[callback])
     trainer.on_checkpoint = lambda path, step: emit(ev.Checkpoint(step=step, path=str(path)))
+    trainer.lean_loss = job.task == "sft" and get_method(job.method.name).packs
     trainer.remove_callback(PrinterCallback)  # our events replace its prints on stdout
     trainer.remove_callback(ProgressCallback)
     _add_memory_check(trainer, job, emit)
@@ -352,7 +390,8 @@ def _run_started(job: JobConfig, run: _Run, run_dir: Path) -> ev.RunStarted:
         run_dir=str(run_dir), job=job.to_dict(), model=model_facts(run.config),
         method=job.method.name, trainable_params=trainable, total_params=total,
         quantized_4bit=is_4bit(run.trainer.model), device=run.device,
-        max_steps=planned_steps(run.trainer.args, len(run.data.train)), pid=os.getpid())
+        max_steps=planned_steps(run.trainer.args, len(run.data.train)), pid=os.getpid(),
+        precision=run.precision.name, precision_reason=run.precision.reason)
 
 
 def _add_memory_check(trainer: Any, job: JobConfig, emit: ev.EventSink) -> None:

@@ -35,8 +35,10 @@ def _job(tmp_path: Path, method: str, source: str = "minilm-l6", **training: Any
         "name": f"c-{method}", "task": "classify", "model": {"source": source},
         "dataset": {"path": str(TICKETS), "max_length": 32, "eval_split": 8, "max_rows": 40},
         "method": {"name": method, "r": 4, "bottleneck_size": 8, "num_virtual_tokens": 4},
+        # fp32: logits after training (still under the Trainer's autocast) are compared with
+        # a reload's in fp32 (auto is bf16 on a native-bf16 CPU)
         "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "device": "cpu",
-                     **training},
+                     "precision": "fp32", **training},
         "output": {"runs_dir": str(tmp_path / "runs")}})
 
 

@@ -25,8 +25,10 @@ def _job(model_dir: Path, data: Path, tmp_path: Path, method: str, **method_kw: 
         "dataset": {"path": str(data), "max_length": 64, "eval_split": 0},
         "method": {"name": method, "r": 4, "bottleneck_size": 8, "num_virtual_tokens": 4,
                    **method_kw},
+        # fp32: the trained model's forward stays under the Trainer's autocast, and these
+        # tests compare its logits with a reload's in fp32 (auto is bf16 on a native-bf16 CPU)
         "training": {"max_steps": 3, "batch_size": 2, "learning_rate": 1e-2, "seed": 1,
-                     "device": "cpu"},
+                     "device": "cpu", "precision": "fp32"},
         "output": {"runs_dir": str(tmp_path / "runs")}})
 
 
