@@ -8,7 +8,7 @@ import pytest
 
 from engine import hardware
 from engine.errors import UserError
-from engine.training import resolve_precision
+from engine.models import resolve_precision
 
 
 @pytest.fixture
