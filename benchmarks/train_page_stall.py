@@ -147,8 +147,8 @@ def main() -> int:
         write_events(Path(args.write_events), args.rate, args.seconds)
         return 0
 
-    from gui.app import create_app, create_window
-    from gui.settings import AppSettings
+    from gui.controllers.settings import AppSettings
+    from gui.window.app import create_app, create_window
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     tmp = Path(tempfile.mkdtemp(prefix="train-stall-"))

@@ -83,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from PySide6.QtWidgets import QApplication
 
-    from gui.app import create_app, create_window
+    from gui.window.app import create_app, create_window
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     ctx = create_app(app, theme=args.theme)
     window = create_window(ctx, job=args.job, page=args.page)
     window.show()
     if os.environ.get("TUNESMITH_COLD_START"):  # benchmarks/cold_start.py
-        from gui.app import report_when_visible
+        from gui.window.app import report_when_visible
 
         report_when_visible(window, START)
     code = app.exec()

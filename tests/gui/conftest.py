@@ -67,9 +67,9 @@ def chat_file(tmp_path: Path) -> str:
 @pytest.fixture
 def ctx(qapp, tmp_path: Path):  # type: ignore[no-untyped-def]
     """A fresh job, worker pool and settings file; fails when a worker is left running."""
-    from gui.app import create_context
-    from gui.settings import AppSettings
-    from gui.theme import apply_theme
+    from gui.controllers.settings import AppSettings
+    from gui.widgets.theme import apply_theme
+    from gui.window.app import create_context
 
     apply_theme(qapp, dark=False)
     context = create_context(AppSettings(str(tmp_path / "settings.ini")))
@@ -82,7 +82,7 @@ def ctx(qapp, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def window(qtbot, ctx):  # type: ignore[no-untyped-def]
-    from gui.qt_main_window import QtMainWindow
+    from gui.window.qt_main_window import QtMainWindow
 
     win = QtMainWindow(ctx)
     win.ask_to_save = False

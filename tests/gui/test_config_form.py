@@ -5,10 +5,10 @@ import dataclasses
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QSpinBox
 
 from engine.config import TrainingConfig, field_help
-from gui.job_model import JobModel
-from gui.qt_config_form import QtConfigForm, section_keys
-from gui.qt_hyperparams_page import BASIC_KEYS, ELSEWHERE, advanced_keys
-from gui.qt_widgets import SciSpinBox
+from gui.controllers.job_model import JobModel
+from gui.pages.qt_hyperparams_page import BASIC_KEYS, ELSEWHERE, advanced_keys
+from gui.widgets.qt_config_form import QtConfigForm, section_keys
+from gui.widgets.qt_widgets import SciSpinBox
 
 
 def test_form_covers_every_training_field_with_tooltips(qtbot) -> None:

@@ -22,7 +22,7 @@ def lora_run(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory,
 
 
 def _page(qtbot: Any, ctx: Any, run_dir: Path) -> Any:
-    from gui.qt_evaluate_page import QtEvaluatePage
+    from gui.pages.qt_evaluate_page import QtEvaluatePage
 
     ctx.job.set("output.runs_dir", str(run_dir.parent))
     page = QtEvaluatePage(ctx)
@@ -74,7 +74,7 @@ def test_classification_result_shows_metrics_and_confusion_matrix(qtbot: Any, ct
     """The view of a classify run's evaluation.json (the engine's own format, as written by
     engine.evaluate for a classify run; its child is covered by tests/test_evaluate.py)."""
     from engine.classify import classification_metrics
-    from gui.qt_evaluate_page import QtEvaluatePage
+    from gui.pages.qt_evaluate_page import QtEvaluatePage
 
     ctx.job.set("output.runs_dir", str(tmp_path / "runs"))
     page = QtEvaluatePage(ctx)

@@ -23,7 +23,7 @@ def runs(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory,
 
 
 def _page(qtbot: Any, ctx: Any, runs_dir: Path) -> Any:
-    from gui.qt_export_page import QtExportPage
+    from gui.pages.qt_export_page import QtExportPage
 
     ctx.job.set("output.runs_dir", str(runs_dir))
     page = QtExportPage(ctx)
@@ -61,7 +61,7 @@ def test_export_adapter_and_merged(qtbot: Any, ctx: Any, runs: dict[str, Path],
         assert diff is not None and diff < 1e-4 and f"{diff:.2e}" in text
         assert "Done: 2 export(s) written." in page.status.text()
         opened: list[str] = []
-        monkeypatch.setattr("gui.qt_export_page.QDesktopServices.openUrl",
+        monkeypatch.setattr("gui.pages.qt_export_page.QDesktopServices.openUrl",
                             lambda url: opened.append(url.toLocalFile()))
         assert page.open_button.isEnabled()
         page.open_button.click()

@@ -7,8 +7,8 @@ import yaml
 
 from engine.config import JobConfig, job_from_dict
 from engine.errors import ConfigError
-from gui.job_model import JobModel
-from gui.presets import load_preset, preset_names
+from gui.controllers.job_model import JobModel
+from gui.controllers.presets import load_preset, preset_names
 
 
 def test_set_emits_the_key_and_validates(qtbot) -> None:

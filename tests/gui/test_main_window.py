@@ -4,12 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import shiboken6
-from PySide6.QtGui import QGuiApplication
 
-from gui.pages import PAGES
-from gui.qt_main_window import QtMainWindow
+from gui.pages.page_list import PAGES
+from gui.window.qt_main_window import QtMainWindow
 
 
 def test_sidebar_lists_the_flow_in_order(window) -> None:
@@ -31,33 +29,6 @@ def test_back_and_next_walk_the_pages(window) -> None:
     window.sidebar.setCurrentRow(len(PAGES) - 1)
     assert window.current_key() == "runs"
     assert not window.next_button.isEnabled()
-
-
-@pytest.mark.parametrize("info", [
-    {"verb": "train", "what": "Training.", "cli": "Run it:"},
-    {"verb": "export", "what": "Export.", "cli": "Export it:",
-     "command": "python -m engine export {run_dir} --out exported"},
-])
-def test_placeholder_page_says_what_comes_and_copies_the_command(qtbot, ctx, tmp_path, info):
-    from gui.pages import PageSpec
-    from gui.qt_placeholder_page import QtPlaceholderPage
-
-    spec = PageSpec("later", "Later", "A later issue", "gui.qt_placeholder_page:"
-                    "QtPlaceholderPage", placeholder=info)
-    page = spec.build(ctx)
-    assert isinstance(page, QtPlaceholderPage)
-    qtbot.addWidget(page)
-    ctx.job.set("name", "demo")
-    command = page.command.command()
-    assert command.startswith(f"python -m engine {info['verb']} ")
-    if "command" in info:  # a run folder named after the job
-        assert "runs/demo-<timestamp>" in command
-    else:
-        ctx.job.save(tmp_path / "job.yaml")
-        assert page.command.edit.text().endswith("job.yaml")
-    assert "name: demo" in page.job_text.toPlainText()
-    page.command.copy_button.click()
-    assert QGuiApplication.clipboard().text() == page.command.command()
 
 
 def test_title_marks_unsaved_changes_and_recent_files_persist(window, ctx, tmp_path) -> None:
@@ -104,8 +75,9 @@ def test_busy_indicator_shows_only_after_a_second(qtbot, window) -> None:
 def test_opening_the_window_imports_no_heavy_library() -> None:
     # Worker tasks are held back: what is measured is the GUI thread's own imports.
     code = ("import sys; from PySide6.QtWidgets import QApplication; app = QApplication([]);"
-            "from gui.tasks import TaskRunner; TaskRunner.submit = lambda *a, **k: 0;"
-            "from gui.app import create_app, create_window; from gui.settings import AppSettings;"
+            "from gui.controllers.tasks import TaskRunner; TaskRunner.submit = lambda *a, **k: 0;"
+            "from gui.window.app import create_app, create_window;"
+            " from gui.controllers.settings import AppSettings;"
             "import tempfile; ctx = create_app(app, settings=AppSettings(tempfile.mktemp()));"
             "w = create_window(ctx); w.show(); app.processEvents();"
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'pyqtgraph')"
@@ -143,7 +115,7 @@ def test_closing_with_unsaved_changes_asks(window, monkeypatch) -> None:
 
 
 def test_theme_choice_is_applied_and_saved(window, ctx, qapp) -> None:
-    from gui.theme import is_dark
+    from gui.widgets.theme import is_dark
 
     window.theme_actions["dark"].trigger()
     assert is_dark()

@@ -25,7 +25,7 @@ def _rows(page) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_method_page_lists_a_registered_method(qtbot, ctx, twin) -> None:  # type: ignore[no-untyped-def]
-    from gui.qt_method_page import QtMethodPage
+    from gui.pages.qt_method_page import QtMethodPage
 
     page = QtMethodPage(ctx)
     qtbot.addWidget(page)
@@ -46,7 +46,7 @@ def test_method_page_lists_a_registered_method(qtbot, ctx, twin) -> None:  # typ
 
 
 def test_method_page_settings_follow_the_spec(qtbot, ctx) -> None:  # type: ignore[no-untyped-def]
-    from gui.qt_method_page import QtMethodPage
+    from gui.pages.qt_method_page import QtMethodPage
 
     page = QtMethodPage(ctx)
     qtbot.addWidget(page)

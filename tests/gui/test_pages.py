@@ -196,8 +196,8 @@ def test_hyperparameters_preset_advanced_and_save(qtbot, window, tmp_path, monke
 
 @pytest.mark.parametrize("dark", [False, True])
 def test_every_page_builds_in_both_themes(qtbot, window, qapp, tiny_model, dark: bool) -> None:
-    from gui.pages import PAGES
-    from gui.theme import apply_theme
+    from gui.pages.page_list import PAGES
+    from gui.widgets.theme import apply_theme
 
     window.ctx.job.set("model.source", tiny_model)  # engine calls on a tiny model: fast
     apply_theme(qapp, dark=dark)

@@ -21,7 +21,7 @@ def lora_run(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory,
 
 
 def _chat_page(qtbot: Any, ctx: Any, run_dir: Path) -> Any:
-    from gui.qt_evaluate_page import QtEvaluatePage
+    from gui.pages.qt_evaluate_page import QtEvaluatePage
 
     ctx.job.set("output.runs_dir", str(run_dir.parent))
     page = QtEvaluatePage(ctx)

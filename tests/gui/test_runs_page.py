@@ -13,11 +13,11 @@ import pytest
 from engine import events as ev
 from engine.config import job_from_dict
 from engine.runs import EVENTS_FILE, scan_runs
-from gui.job_model import JobModel
-from gui.pages import AppContext
-from gui.run_controller import shared_controller
-from gui.settings import AppSettings
-from gui.tasks import TaskRunner
+from gui.controllers.app_context import AppContext
+from gui.controllers.job_model import JobModel
+from gui.controllers.run_controller import shared_controller
+from gui.controllers.settings import AppSettings
+from gui.controllers.tasks import TaskRunner
 
 JOB = {"name": "demo", "model": {"source": "smollm2-135m-instruct"},
        "dataset": {"path": "data.jsonl"}, "training": {"max_steps": 6, "batch_size": 2,
@@ -81,7 +81,7 @@ def test_scan_runs_reads_status_and_losses(runs: dict[str, Path]) -> None:
 
 
 def _page(qtbot: Any, ctx: AppContext) -> Any:
-    from gui.qt_runs_page import QtRunsPage
+    from gui.pages.qt_runs_page import QtRunsPage
 
     page = QtRunsPage(ctx)
     qtbot.addWidget(page)
@@ -128,7 +128,7 @@ def test_runs_page_resume_and_watch_buttons(qtbot: Any, ctx: AppContext,
 
 
 def _train_page(qtbot: Any, ctx: AppContext) -> Any:
-    from gui.qt_train_page import QtTrainPage
+    from gui.pages.qt_train_page import QtTrainPage
 
     page = QtTrainPage(ctx)
     qtbot.addWidget(page)
@@ -210,7 +210,7 @@ def test_a_refresh_keeps_several_selected_runs(qtbot: Any, ctx: AppContext,
 
 
 def test_stop_grace_follows_the_slowest_recent_wait() -> None:
-    from gui.run_controller import RunController
+    from gui.controllers.run_controller import RunController
 
     controller = RunController(stop_grace_s=60)
     assert controller.grace_s() == 60

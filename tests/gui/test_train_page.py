@@ -14,11 +14,11 @@ import pytest
 from engine import events as ev
 from engine import runs
 from engine.config import JobConfig, job_from_dict
-from gui.job_model import JobModel
-from gui.pages import AppContext
-from gui.run_controller import RunController, shared_controller
-from gui.settings import AppSettings
-from gui.tasks import TaskRunner
+from gui.controllers.app_context import AppContext
+from gui.controllers.job_model import JobModel
+from gui.controllers.run_controller import RunController, shared_controller
+from gui.controllers.settings import AppSettings
+from gui.controllers.tasks import TaskRunner
 
 RUN_MS = 240_000  # one whole tiny run, child start included, on a loaded 2-core machine
 
@@ -52,7 +52,7 @@ def make_ctx(tmp_path: Path) -> Iterator[Any]:
 
 
 def _page(qtbot: Any, ctx: AppContext) -> Any:
-    from gui.qt_train_page import QtTrainPage
+    from gui.pages.qt_train_page import QtTrainPage
 
     page = QtTrainPage(ctx)
     qtbot.addWidget(page)
@@ -135,7 +135,7 @@ def test_stop_then_resume_continues_the_curve(qtbot: Any, make_ctx: Any, tiny_ll
 def test_close_the_window_mid_run_and_reattach(qtbot: Any, make_ctx: Any, tiny_llama_dir: Path,
                                                chat_jsonl: Path, tmp_path: Path) -> None:
     from engine.runs import pid_alive, run_events
-    from gui.qt_main_window import QtMainWindow
+    from gui.window.qt_main_window import QtMainWindow
 
     job = tiny_job(tiny_llama_dir, chat_jsonl, tmp_path / "runs", max_steps=30)
     ctx = make_ctx(job)

@@ -24,14 +24,14 @@ from PySide6.QtWidgets import (
 
 from engine.config import FORMATS
 from engine.errors import DataError, UserError
-from gui import engine_calls
-from gui.qt_config_form import QtConfigForm
-from gui.qt_histogram import QtLengthHistogram
-from gui.qt_widgets import card, heading, page_layout
-from gui.theme import FITS, WONT_FIT, muted_text, trained_background
+from gui.controllers import engine_calls
+from gui.widgets.qt_config_form import QtConfigForm
+from gui.widgets.qt_histogram import QtLengthHistogram
+from gui.widgets.qt_widgets import card, heading, page_layout
+from gui.widgets.theme import FITS, WONT_FIT, muted_text, trained_background
 
 if TYPE_CHECKING:
-    from gui.pages import AppContext
+    from gui.controllers.app_context import AppContext
 
 DATA_FILTER = "Datasets (*.jsonl *.json *.csv *.parquet *.txt);;All files (*)"
 # Job keys whose change means the dataset must be inspected again.

@@ -1,7 +1,7 @@
 """Export: the adapter, a merged 16-bit model and/or a GGUF file, from a finished run.
 
 Each choice is one ``python -m engine export RUN_DIR --out DIR ... --events-stdout`` child
-(:class:`gui.eval_controllers.ExportController` runs them in turn): the adapter goes to
+(:class:`gui.controllers.eval_controllers.ExportController` runs them in turn): the adapter goes to
 ``OUT/adapter``; the merged model to ``OUT/merged`` (with the GGUF file when both are chosen),
 or the GGUF file alone to ``OUT/gguf``. Methods that cannot be merged say why before anything
 runs, and merge/GGUF are switched off for them.
@@ -33,13 +33,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from gui.eval_controllers import ExportController
-from gui.qt_run_picker import QtRunPicker
-from gui.qt_widgets import card, heading, muted, page_layout
-from gui.theme import FITS, TIGHT, WONT_FIT
+from gui.controllers.eval_controllers import ExportController
+from gui.widgets.qt_run_picker import QtRunPicker
+from gui.widgets.qt_widgets import card, heading, muted, page_layout
+from gui.widgets.theme import FITS, TIGHT, WONT_FIT
 
 if TYPE_CHECKING:
-    from gui.pages import AppContext
+    from gui.controllers.app_context import AppContext
 
 KIND_TITLES = {"adapter": "Adapter", "merged": "Merged 16-bit model", "gguf": "GGUF file"}
 

@@ -18,14 +18,14 @@ from PySide6.QtWidgets import (
 
 from engine.config import JobConfig
 from engine.errors import UserError
-from gui import job_files
-from gui.presets import load_preset, preset_names
-from gui.qt_config_form import QtConfigForm, section_keys
-from gui.qt_widgets import QtCommandBox, card, heading, page_layout
-from gui.theme import WONT_FIT
+from gui.controllers import job_files
+from gui.controllers.presets import load_preset, preset_names
+from gui.widgets.qt_config_form import QtConfigForm, section_keys
+from gui.widgets.qt_widgets import QtCommandBox, card, heading, page_layout
+from gui.widgets.theme import WONT_FIT
 
 if TYPE_CHECKING:
-    from gui.pages import AppContext
+    from gui.controllers.app_context import AppContext
 
 BASIC_KEYS = ["name", "training.epochs", "training.max_steps", "training.batch_size",
               "training.grad_accum", "training.learning_rate", "training.lr_scheduler",

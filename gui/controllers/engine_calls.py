@@ -1,7 +1,7 @@
 """Engine calls the views need, as plain functions returning plain data.
 
-They run on :class:`gui.tasks.TaskRunner` worker threads and import torch, transformers and
-peft only inside the function, so opening the window stays fast. What a method is and what it
+They run on :class:`gui.controllers.tasks.TaskRunner` worker threads and import torch, transformers
+and peft only inside the function, so opening the window stays fast. What a method is and what it
 trains come from the engine's method registry (``engine.methods``), never from a copy here.
 """
 

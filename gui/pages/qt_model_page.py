@@ -23,26 +23,17 @@ from PySide6.QtWidgets import (
 
 from engine.config import TASKS
 from engine.errors import UserError
-from gui import engine_calls
-from gui.qt_widgets import card, heading, page_layout
-from gui.theme import WONT_FIT
+from gui.controllers import engine_calls
+from gui.widgets.qt_widgets import card, heading, human_count, page_layout
+from gui.widgets.theme import WONT_FIT
 
 if TYPE_CHECKING:
-    from gui.pages import AppContext
+    from gui.controllers.app_context import AppContext
 
 FACTS = (("display_name", "Model"), ("parameters", "Parameters"), ("model_type", "Architecture"),
          ("layers", "Layers"), ("hidden_size", "Hidden size"), ("heads", "Attention heads"),
          ("kv_heads", "Key/value heads"), ("intermediate_size", "MLP size"),
          ("vocab_size", "Vocabulary"), ("context", "Context length"), ("license", "License"))
-
-
-def human_count(n: Any) -> str:
-    if not isinstance(n, int | float):
-        return "—"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.1f}{unit}".replace(".0", "")
-    return str(int(n))
 
 
 def _described_size(description: str) -> float | None:

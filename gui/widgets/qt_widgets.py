@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication, QValidator
@@ -18,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from gui.job_model import JobModel
+from gui.controllers.job_model import JobModel
 
 
 def heading(text: str, subtitle: str = "") -> QWidget:
@@ -137,3 +138,12 @@ def muted(label: QLabel) -> QLabel:
 def set_elided_tooltip(label: QLabel) -> None:
     label.setToolTip(label.text())
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+
+def human_count(n: Any) -> str:
+    if not isinstance(n, int | float):
+        return "—"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.1f}{unit}".replace(".0", "")
+    return str(int(n))

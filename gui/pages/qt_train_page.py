@@ -1,6 +1,6 @@
 """The Train page: start/stop/resume the job, live curves, gauges, samples, log, diagnostics.
 
-Everything shown comes from the :class:`~gui.run_controller.RunController`'s events: the
+Everything shown comes from the :class:`~gui.controllers.run_controller.RunController`'s events: the
 views here never touch the child process or the reader thread.
 """
 
@@ -36,14 +36,14 @@ from engine.diagnostics import (
 )
 from engine.errors import ConfigError, UserError
 from engine.runs import JOB_FILE, last_checkpoint, scan_runs
-from gui.qt_banners import QtBannerArea
-from gui.qt_gauges import QtGauges, TelemetrySampler
-from gui.qt_plots import QtTrainingPlots
-from gui.qt_widgets import card, page_layout
-from gui.run_controller import RunController, shared_controller
+from gui.controllers.run_controller import RunController, shared_controller
+from gui.widgets.qt_banners import QtBannerArea
+from gui.widgets.qt_gauges import QtGauges, TelemetrySampler
+from gui.widgets.qt_plots import QtTrainingPlots
+from gui.widgets.qt_widgets import card, page_layout
 
 if TYPE_CHECKING:
-    from gui.pages import AppContext
+    from gui.controllers.app_context import AppContext
 
 LOG_LINES = 3000
 KEEP, STOP, CANCEL = "keep", "stop", "cancel"

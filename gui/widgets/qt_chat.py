@@ -1,9 +1,9 @@
 """Chat with the base and the tuned model side by side, tokens streamed as they come.
 
-``QtChat(controller)`` is built from a :class:`gui.eval_controllers.ChatController`, whose child
-(``python -m engine chat RUN_DIR``) holds both models and renders each conversation with the
-model's own chat template. Each side keeps its own history (its own earlier answers), so the
-two conversations stay what each model really said.
+``QtChat(controller)`` is built from a :class:`gui.controllers.eval_controllers.ChatController`,
+whose child (``python -m engine chat RUN_DIR``) holds both models and renders each conversation with
+the model's own chat template. Each side keeps its own history (its own earlier answers), so the two
+conversations stay what each model really said.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from gui.eval_controllers import ChatController
-from gui.qt_widgets import card, muted
-from gui.theme import muted_text
+from gui.controllers.eval_controllers import ChatController
+from gui.widgets.qt_widgets import card, muted
+from gui.widgets.theme import muted_text
 
 SIDES = ("base", "tuned")
 TITLES = {"base": "Base model", "tuned": "Tuned model"}

@@ -15,13 +15,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from gui import engine_calls
-from gui.qt_model_page import human_count
-from gui.qt_widgets import card
-from gui.theme import WONT_FIT, trained_background
+from gui.controllers import engine_calls
+from gui.widgets.qt_widgets import card, human_count
+from gui.widgets.theme import WONT_FIT, trained_background
 
 if TYPE_CHECKING:
-    from gui.pages import AppContext
+    from gui.controllers.app_context import AppContext
 
 MAP_KEYS = {"", "model.source", "method.name", "method.r", "method.alpha",
             "method.target_modules", "method.num_virtual_tokens", "method.prefix_projection",

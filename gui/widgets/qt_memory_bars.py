@@ -8,7 +8,7 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFontMetrics, QMouseEvent, QPainter, QPaintEvent, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from gui.theme import FITS, TIGHT, WONT_FIT
+from gui.widgets.theme import FITS, TIGHT, WONT_FIT
 
 STATUS_COLORS = {"fits": FITS, "tight": TIGHT, "won't fit": WONT_FIT}
 ROW_H = 20

@@ -30,9 +30,10 @@ from PySide6.QtWidgets import (
 )
 
 from engine.config import JobConfig
-from gui import job_files
-from gui.pages import PAGES, AppContext, page_spec
-from gui.theme import THEMES, set_theme
+from gui.controllers import job_files
+from gui.controllers.app_context import AppContext
+from gui.pages.page_list import PAGES, page_spec
+from gui.widgets.theme import THEMES, set_theme
 
 BUSY_DELAY_MS = 1000  # show the busy indicator only for waits longer than a second
 RELEASE_TASKS_MS = 100  # start queued engine calls this long after the first paint

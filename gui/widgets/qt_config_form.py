@@ -24,9 +24,9 @@ from PySide6.QtWidgets import (
 
 from engine.config import JobConfig
 from engine.errors import UserError
-from gui.job_model import JobModel
-from gui.qt_widgets import SciSpinBox
-from gui.theme import WONT_FIT
+from gui.controllers.job_model import JobModel
+from gui.widgets.qt_widgets import SciSpinBox
+from gui.widgets.theme import WONT_FIT
 
 LABELS = {"lr_scheduler": "LR scheduler", "r": "Rank (r)", "max_steps": "Max steps",
           "grad_accum": "Gradient accumulation", "eval_steps": "Eval every N steps",

@@ -16,7 +16,7 @@ from PySide6.QtGui import QColor, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from engine import events as ev
-from gui.run_controller import RunController
+from gui.controllers.run_controller import RunController
 
 INTERVAL_MS = 1000
 GPU_RETRY_S = 60.0  # when NVML answered with no GPU, look again this often

@@ -1,9 +1,9 @@
 """Regenerate docs/screenshots/*.png: every page at 1280×800, light theme (and dark Method).
 
-    python -m gui.screenshots [--out docs/screenshots]
+    python -m gui.window.screenshots [--out docs/screenshots]
 
 Needs a display: run it under Xvfb (``xvfb-run -s "-screen 0 1600x1000x24" python -m
-gui.screenshots``); without $DISPLAY it re-runs itself that way when xvfb-run is installed.
+gui.window.screenshots``); without $DISPLAY it re-runs itself that way when xvfb-run is installed.
 Uses the offline default model and the demo dataset, and waits for every engine call to finish.
 """
 
@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SIZE = (1280, 800)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m gui.screenshots")
+    parser = argparse.ArgumentParser(prog="python -m gui.window.screenshots")
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     parser.add_argument("--pages", nargs="*", help="only these page keys")
     return parser.parse_args(argv)
@@ -34,8 +34,8 @@ def _under_xvfb(argv: list[str]) -> int:
     if xvfb is None:
         print("no $DISPLAY and no xvfb-run: install xvfb or run on a desktop", file=sys.stderr)
         return 2
-    cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m", "gui.screenshots",
-           *argv]
+    cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m",
+           "gui.window.screenshots", *argv]
     return subprocess.call(cmd, cwd=ROOT)
 
 
@@ -70,11 +70,11 @@ def _demo_job(ctx) -> None:  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace) -> int:
     from PySide6.QtWidgets import QApplication
 
-    from gui.app import create_app
-    from gui.pages import PAGES
-    from gui.qt_main_window import QtMainWindow
-    from gui.settings import AppSettings
-    from gui.theme import apply_theme
+    from gui.controllers.settings import AppSettings
+    from gui.pages.page_list import PAGES
+    from gui.widgets.theme import apply_theme
+    from gui.window.app import create_app
+    from gui.window.qt_main_window import QtMainWindow
 
     os.chdir(ROOT)  # the demo dataset path is relative, as users write it
     out = Path(args.out)

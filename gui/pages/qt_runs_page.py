@@ -26,12 +26,12 @@ from PySide6.QtWidgets import (
 )
 
 from engine.runs import Curves, RunSummary, load_curves, scan_runs
-from gui.qt_plots import make_plot
-from gui.qt_widgets import heading, page_layout
-from gui.run_controller import shared_controller
+from gui.controllers.run_controller import shared_controller
+from gui.widgets.qt_plots import make_plot
+from gui.widgets.qt_widgets import heading, page_layout
 
 if TYPE_CHECKING:
-    from gui.pages import AppContext
+    from gui.controllers.app_context import AppContext
 
 REFRESH_MS = 3000
 COLUMNS = ("Run", "Status", "Model", "Method", "Steps", "Train loss", "Eval loss", "Started")

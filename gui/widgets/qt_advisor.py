@@ -9,13 +9,13 @@ from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from engine.methods import METHODS
-from gui import engine_calls
-from gui.qt_memory_bars import MemoryRow, QtMemoryBars, status_for
-from gui.qt_widgets import card
-from gui.theme import WONT_FIT
+from gui.controllers import engine_calls
+from gui.widgets.qt_memory_bars import MemoryRow, QtMemoryBars, status_for
+from gui.widgets.qt_widgets import card
+from gui.widgets.theme import WONT_FIT
 
 if TYPE_CHECKING:
-    from gui.pages import AppContext
+    from gui.controllers.app_context import AppContext
 
 ADVISE_KEYS = {"", "model.source", "method.name", "method.r", "method.target_modules",
                "method.double_quant", "method.bottleneck_size", "method.num_virtual_tokens",

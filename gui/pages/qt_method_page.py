@@ -1,7 +1,7 @@
 """Method: the registered methods, their settings, the resource advisor and the architecture map.
 
 Every row, label and settings panel comes from the engine's method registry (engine.methods),
-read through :func:`gui.engine_calls.method_catalog` when the page is built.
+read through :func:`gui.controllers.engine_calls.method_catalog` when the page is built.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from gui import engine_calls
-from gui.qt_advisor import QtAdvisor
-from gui.qt_architecture_map import QtArchitectureMap
-from gui.qt_config_form import QtConfigForm, section_keys
-from gui.qt_widgets import card, heading, page_layout
+from gui.controllers import engine_calls
+from gui.widgets.qt_advisor import QtAdvisor
+from gui.widgets.qt_architecture_map import QtArchitectureMap
+from gui.widgets.qt_config_form import QtConfigForm, section_keys
+from gui.widgets.qt_widgets import card, heading, page_layout
 
 if TYPE_CHECKING:
-    from gui.pages import AppContext
+    from gui.controllers.app_context import AppContext
 
 SHARE_KEYS = {"", "model.source"}
 

@@ -1,9 +1,9 @@
 """Evaluate: base vs tuned on the held-out split, answers side by side, and a chat.
 
 The evaluation runs ``python -m engine evaluate RUN_DIR --events-stdout`` in a child process
-(:class:`gui.eval_controllers.EvaluateController`) and shows the run's ``evaluation.json``
-when it ends. The Chat tab (:class:`gui.qt_chat.QtChat`) holds its models in another child,
-closed when the page is left and when the app quits.
+(:class:`gui.controllers.eval_controllers.EvaluateController`) and shows the run's
+``evaluation.json`` when it ends. The Chat tab (:class:`gui.widgets.qt_chat.QtChat`) holds its
+models in another child, closed when the page is left and when the app quits.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from gui.eval_controllers import ChatController, EvaluateController
-from gui.qt_chat import QtChat
-from gui.qt_run_picker import QtRunPicker
-from gui.qt_widgets import card, heading, muted, page_layout
-from gui.theme import ACCENT, FITS, WONT_FIT, muted_text
+from gui.controllers.eval_controllers import ChatController, EvaluateController
+from gui.widgets.qt_chat import QtChat
+from gui.widgets.qt_run_picker import QtRunPicker
+from gui.widgets.qt_widgets import card, heading, muted, page_layout
+from gui.widgets.theme import ACCENT, FITS, WONT_FIT, muted_text
 
 if TYPE_CHECKING:
-    from gui.pages import AppContext
+    from gui.controllers.app_context import AppContext
 
 
 def _table(rows: int, columns: list[str]) -> QTableWidget:

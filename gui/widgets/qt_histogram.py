@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QApplication, QVBoxLayout, QWidget
 
-from gui.theme import ACCENT, WONT_FIT
+from gui.widgets.theme import ACCENT, WONT_FIT
 
 BINS = 40
 

@@ -15,7 +15,7 @@ from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QGridLayout, QWidget
 
 from engine import events as ev
-from gui.run_controller import RunController
+from gui.controllers.run_controller import RunController
 
 REDRAW_MS = 100  # the loss plot: at most ~10 redraws a second
 SMALL_REDRAW_MS = 500  # learning rate, gradient norm, throughput: ~2 a second

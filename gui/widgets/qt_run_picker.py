@@ -15,11 +15,11 @@ from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from engine.runs import RunSummary, scan_runs, summarize_run
-from gui.qt_widgets import muted
-from gui.run_controller import shared_controller
+from gui.controllers.run_controller import shared_controller
+from gui.widgets.qt_widgets import muted
 
 if TYPE_CHECKING:
-    from gui.pages import AppContext
+    from gui.controllers.app_context import AppContext
 
 
 def _describe(run: RunSummary) -> str:

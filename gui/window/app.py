@@ -8,12 +8,12 @@ import time
 from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtWidgets import QApplication, QWidget
 
-from gui.job_model import JobModel
-from gui.pages import AppContext
-from gui.qt_main_window import QtMainWindow
-from gui.settings import AppSettings
-from gui.tasks import TaskRunner
-from gui.theme import THEMES, follow_system_theme, set_theme
+from gui.controllers.app_context import AppContext
+from gui.controllers.job_model import JobModel
+from gui.controllers.settings import AppSettings
+from gui.controllers.tasks import TaskRunner
+from gui.widgets.theme import THEMES, follow_system_theme, set_theme
+from gui.window.qt_main_window import QtMainWindow
 
 
 def create_app(app: QApplication, *, theme: str | None = None,

@@ -1,0 +1,1 @@
+"""What drives the views, with no widgets: job model, settings, workers, engine children."""

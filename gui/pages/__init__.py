@@ -1,0 +1,1 @@
+"""One module per sidebar page (``qt_<name>_page.py``) and the page list that orders them."""
