@@ -87,7 +87,7 @@ class QtEvaluatePage(QWidget):
         layout = page_layout(self)
         layout.addWidget(heading("Evaluate", "Base vs tuned on the run's held-out data, "
                                  "answers side by side, and a chat with both."))
-        self.picker = QtRunPicker(self.ctx, "evaluate_runs")
+        self.picker = QtRunPicker(self.job, self.ctx.tasks, "evaluate_runs")
         layout.addWidget(self.picker)
         self.tabs = QTabWidget()
         self.tabs.addTab(self._build_evaluation(), "Evaluation")

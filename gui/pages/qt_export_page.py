@@ -85,7 +85,7 @@ class QtExportPage(QWidget):
         layout = page_layout(self)
         layout.addWidget(heading("Export", "Save the result: the adapter on its own, a merged "
                                  "16-bit model, or a GGUF file for llama.cpp and Ollama."))
-        self.picker = QtRunPicker(self.ctx, "export_runs")
+        self.picker = QtRunPicker(self.job, self.ctx.tasks, "export_runs")
         layout.addWidget(self.picker)
         layout.addWidget(self._build_options())
         row = QHBoxLayout()

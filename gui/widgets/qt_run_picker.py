@@ -8,18 +8,16 @@ folder. ``run_changed(path)`` says which run is chosen ("" when none).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from engine.runs import RunSummary, scan_runs, summarize_run
+from gui.controllers.job_model import JobModel
 from gui.controllers.run_controller import shared_controller
+from gui.controllers.tasks import TaskRunner
 from gui.widgets.qt_widgets import muted
-
-if TYPE_CHECKING:
-    from gui.controllers.app_context import AppContext
 
 
 def _describe(run: RunSummary) -> str:
@@ -30,12 +28,13 @@ def _describe(run: RunSummary) -> str:
 class QtRunPicker(QWidget):
     run_changed = Signal(str)
 
-    def __init__(self, ctx: AppContext, channel: str, parent: QWidget | None = None) -> None:
+    def __init__(self, job: JobModel, tasks: TaskRunner, channel: str,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.ctx, self.job, self._channel = ctx, ctx.job, channel
+        self.job, self.tasks, self._channel = job, tasks, channel
         self.runs: list[RunSummary] = []
         self._shown = False
-        self.controller = shared_controller(ctx.job)
+        self.controller = shared_controller(job)
         self.combo = QComboBox()
         self.combo.setMinimumWidth(320)
         self.combo.setPlaceholderText("no finished run yet: train one on the Train page")
@@ -71,7 +70,7 @@ class QtRunPicker(QWidget):
 
     def refresh(self) -> None:
         folder = self.runs_dir()
-        self.ctx.tasks.submit(self._channel, "Looking for runs…",
+        self.tasks.submit(self._channel, "Looking for runs…",
                               lambda: [r for r in scan_runs(folder) if not r.running],
                               self._on_scanned)
 
