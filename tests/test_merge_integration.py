@@ -31,6 +31,19 @@ def _train(method: str, root: Path) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Each method trained once for the module (the LoRA run serves two tests)."""
+    runs: dict[str, Path] = {}
+
+    def get(method: str) -> Path:
+        if method not in runs:
+            runs[method] = _train(method, tmp_path_factory.mktemp(method))
+        return runs[method]
+
+    return get
+
+
 def _merge(run_dir: Path) -> Any:
     from engine.export._merge import merge_run
     from engine.export._run import load_tokenizer, open_run
@@ -41,22 +54,22 @@ def _merge(run_dir: Path) -> Any:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("method", MERGEABLE)
-def test_correct_merges_of_the_default_model_pass(method: str, tmp_path: Path) -> None:
+def test_correct_merges_of_the_default_model_pass(method: str, trained: Any) -> None:
     if METHODS[method].quantized_base:
         pytest.importorskip("bitsandbytes")
-    merged = _merge(_train(method, tmp_path))
+    merged = _merge(trained(method))
     assert merged.max_logit_diff is not None
     assert merged.notes and "merge checked" in merged.notes[0]
 
 
 @pytest.mark.integration
 def test_a_doubled_adapter_on_the_default_model_is_refused(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        trained: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from peft.tuners.lora import LoraModel
 
     from engine.export import ExportCheckFailed
 
-    run_dir = _train("lora", tmp_path)
+    run_dir = trained("lora")
     merge = LoraModel.merge_and_unload
 
     def doubled(self: Any, *args: Any, **kwargs: Any) -> Any:
