@@ -50,7 +50,9 @@ def test_default_model_trains_and_reloads(method: str, chat_jsonl: Path, tmp_pat
         "name": f"int-{method}", "model": {"source": "smollm2-135m-instruct"},
         "dataset": {"path": str(chat_jsonl), "max_length": 64, "eval_split": 0},
         "method": {"name": method},
-        "training": {"max_steps": 2, "batch_size": 2, "device": "cpu",
+        # fp32: the trained model keeps accelerate's autocast wrapper, so with bf16 the
+        # logits seen at save time are bf16-rounded while the reload below runs in fp32.
+        "training": {"max_steps": 2, "batch_size": 2, "device": "cpu", "precision": "fp32",
                      "learning_rate": spec.suggested_lr},
         "output": {"runs_dir": str(tmp_path / "runs")}})
     events: list[Any] = []
