@@ -208,7 +208,7 @@ def test_merged_folder_is_complete(lora_run: Path, tmp_path: Path) -> None:
     eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
     assert tok.convert_tokens_to_ids("<|im_end|>") in eos
     card = (out / "README.md").read_text()
-    for text in ("base_model:", "LoRA", "r=4", "learning rate", "final training loss",
+    for text in ("license:", "LoRA", "r=4", "learning rate", "final training loss",
                  "chat.jsonl"):
         assert text in card
 
