@@ -113,7 +113,12 @@ def test_adapter_names_the_hub_id(run: Path, tmp_path: Path,
         validate_repo_id(trained["base_model_name_or_path"])
     copy = _with_source(run, tmp_path, "smollm2-135m-instruct")
     out = tmp_path / "adapter"
-    export_run(copy, out)
+    old = os.umask(0o022)
+    try:
+        export_run(copy, out)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((out / "adapter_model.safetensors").stat().st_mode) == 0o644
     # AutoPeftModelForCausalLM reads this field and loads the base from it.
     base = PeftConfig.from_pretrained(out).base_model_name_or_path
     assert base == HUB_ID

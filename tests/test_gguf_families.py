@@ -102,3 +102,28 @@ def test_llama3_rope_only_for_llama(llama3: tuple[Any, Any]) -> None:
     with pytest.raises(UserError, match="rope scaling 'llama3' for qwen2") as info:
         check_supported(qwen, tok)
     assert info.value.code == "gguf_unsupported"
+
+
+def test_sentencepiece_tokenizers_are_refused_before_any_weight_loads(tmp_path: Path) -> None:
+    """Llama 2 / Mistral v0.1-v0.3 tokenizers (SentencePiece BPE with byte fallback, as
+    tokenizers holds them) are not written yet: the refusal names the kind and the way out."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    from engine.errors import UserError
+    from engine.export._gguf import check_supported
+
+    spm = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    spm.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    spm.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    spm.train_from_iterator(["Hello, who are you? Write a haiku about the sea."] * 20,
+                            trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                special_tokens=["<unk>", "<s>", "</s>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    with pytest.raises(UserError, match="SentencePiece") as info:
+        check_supported(LlamaConfig(), tok)
+    assert info.value.code == "gguf_unsupported"
+    assert "convert_hf_to_gguf.py" in str(info.value.advice)

@@ -59,8 +59,11 @@ def check_supported(config: Any, tokenizer: Any) -> None:
         raise UserError(f"GGUF export does not support rope scaling {kind!r} for "
                         f"{model_type} models yet", advice, code="gguf_unsupported")
     if not _is_byte_level_bpe(tokenizer):
+        kind = ("SentencePiece (Llama 2, Mistral v0.1-v0.3 style; llama.cpp's converter reads "
+                "its scores from tokenizer.model with the sentencepiece package)"
+                if _is_sentencepiece(tokenizer) else "neither")
         raise UserError("GGUF export supports byte-level BPE tokenizers (GPT-2 style: SmolLM, "
-                        "Llama 3, Qwen2); this model's tokenizer is different", advice,
+                        f"Llama 3, Qwen2); this model's tokenizer is {kind}", advice,
                         code="gguf_unsupported")
 
 
@@ -70,6 +73,12 @@ def _tokenizer_json(tokenizer: Any) -> dict[str, Any]:
         return {}
     data: dict[str, Any] = json.loads(backend.to_str())
     return data
+
+
+def _is_sentencepiece(tokenizer: Any) -> bool:
+    """A SentencePiece model as tokenizers holds it: Unigram, or BPE with byte fallback."""
+    model = _tokenizer_json(tokenizer).get("model", {})
+    return model.get("type") == "Unigram" or bool(model.get("byte_fallback"))
 
 
 def _is_byte_level_bpe(tokenizer: Any) -> bool:
