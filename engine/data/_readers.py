@@ -144,6 +144,14 @@ def _read_hub(dataset_id: str, split: str) -> list[Row]:
     return [Row(f"{dataset_id} row {i}", dict(r)) for i, r in enumerate(ds)]
 
 
+def is_hub_dataset_id(source: str) -> bool:
+    """``owner/name`` that is no local file or folder (and has no data file suffix)."""
+    parts = source.split("/")
+    path = resources.locate(source)
+    return (len(parts) == 2 and all(parts) and not path.exists()
+            and path.suffix.lower() not in SUFFIXES)
+
+
 def read_rows(source: str, split: str = "train") -> list[Row]:
     """All rows of a file, folder or hub dataset; raises DataError listing unreadable rows."""
     if not source:
@@ -151,8 +159,7 @@ def read_rows(source: str, split: str = "train") -> list[Row]:
                         code="bad_data")
     path = resources.locate(source)  # resources/datasets/... is found from any folder
     if not path.exists():
-        parts = source.split("/")
-        if len(parts) == 2 and all(parts) and path.suffix.lower() not in SUFFIXES:
+        if is_hub_dataset_id(source):
             return _read_hub(source, split)
         raise UserError(f"dataset {source} does not exist", "check the path", code="bad_data")
     rows: list[Row] = []

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import runs
 from engine.export._run import RunInfo
+
+if TYPE_CHECKING:
+    from engine.models import BaseIdentity
 
 
 def run_metrics(run_dir: Path) -> dict[str, Any]:
@@ -44,31 +47,76 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _front_matter(info: RunInfo, kind: str, base: BaseIdentity) -> list[str]:
+    """The card's YAML header, as the hub reads it (library_name names what loads it)."""
+    library = {"adapter": "peft", "merged": "transformers"}.get(kind)
+    if kind == "adapter" and info.is_full:
+        library = "transformers"
+    if kind == "adapter" and info.method == "adapter":
+        library = None  # the bottleneck adapter is Tunesmith's own, not peft's
+    license_id, license_name = base.hub_license
+    lines = ["---"]
+    if base.hub_id:
+        lines.append(f"base_model: {base.hub_id}")
+    lines.append(f"license: {license_id}")
+    if license_name:
+        lines.append(f"license_name: {license_name}")
+    if library:
+        lines.append(f"library_name: {library}")
+    dataset = _dataset_hub_id(info.job.dataset.path)
+    if dataset:
+        lines += ["datasets:", f"- {dataset}"]
+    lines += ["tags:", "- tunesmith", f"- {info.job.method.name}"]
+    if kind == "gguf":
+        lines += ["- gguf", "- llama.cpp"]
+    return [*lines, "---", ""]
+
+
+def _dataset_hub_id(path: str) -> str | None:
+    from engine.data import is_hub_dataset_id
+
+    return path if is_hub_dataset_id(path) else None
+
+
+def _export_name(item: dict[str, Any]) -> str:
+    """A result as the reader of the folder sees it: a file name, or this folder."""
+    return Path(item["path"]).name if item["kind"] == "gguf" else "this folder"
+
+
 def model_card(info: RunInfo, *, kind: str, exports: list[dict[str, Any]],
                notes: list[str]) -> str:
+    """The card: ``kind`` is adapter, merged or gguf (a GGUF-only export). It names the base
+    by its hub id, the data by file name, and holds no path of the machine it was made on."""
+    from engine.models import base_identity
+
     job, m = info.job, run_metrics(info.run_dir)
-    library = "peft" if kind == "adapter" and not info.is_full else "transformers"
-    if kind == "adapter" and info.method == "adapter":
-        library = "tunesmith"  # the bottleneck adapter is Tunesmith's own, not peft's
-    lines = ["---", f"base_model: {job.model.source}", f"library_name: {library}",
-             "tags:", "- tunesmith", f"- {job.method.name}", "---", "",
-             f"# {job.name}", "",
-             f"Fine-tuned with Tunesmith from **{job.model.source}** using "
+    base = base_identity(job.model.source)
+    base_name = base.hub_id or Path(base.name_or_path).name
+    lines = [*_front_matter(info, kind, base), f"# {job.name}", "",
+             f"Fine-tuned with Tunesmith from **{base_name}** using "
              f"**{info.spec.label}** ({job.task}).", ""]
+    if base.license is None:
+        lines += ["The base model's own licence applies; Tunesmith does not know it.", ""]
+    else:
+        lines += [f"Base model licence: {base.license}.", ""]
+    lines += [f"- {n}" for n in base.notes]
+    lines += [""] if base.notes else []
     lines += _data_section(job, m) + _method_section(info, m) + _metrics_section(m)
     lines += ["## This export", ""]
     for item in exports:
-        lines.append(f"- **{item['kind']}**: `{item['path']}`"
+        lines.append(f"- **{item['kind']}**: {_export_name(item)}"
                      + (f" (largest logit difference in its check: {item['max_logit_diff']:.2e})"
                         if item.get("max_logit_diff") is not None else ""))
-    lines += [f"- {n}" for n in notes] + [""] + _usage(info.method, job.model.source, exports)
+    lines += [f"- {n}" for n in notes] + [""]
+    lines += _usage(info.method, base.hub_id or "path/to/the/base/model", exports)
     return "\n".join(lines) + "\n"
 
 
 def _data_section(job: Any, m: dict[str, Any]) -> list[str]:
     data = m.get("data", {})
     fmt = data.get("format", job.dataset.format)
-    out = ["## Data", "", f"- dataset: `{job.dataset.path}` (format {fmt})"]
+    name = _dataset_hub_id(job.dataset.path) or Path(job.dataset.path).name
+    out = ["## Data", "", f"- dataset: `{name}` (format {fmt})"]
     if data:
         out.append(f"- rows: {data['train_rows']} train, {data['eval_rows']} held out; "
                    f"{data['trained_tokens']:,} answer tokens trained on")

@@ -6,6 +6,7 @@ failure (or a failed check) never leaves a half-written export behind.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import asdict
@@ -21,6 +22,7 @@ from engine.export._run import RunInfo, open_run
 _TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin",
                    "README.md", "scaler.pt")
 DEMO_PROMPT = "Tell me about yourself in one sentence."
+ADAPTER_CONFIG = "adapter_config.json"  # peft's file name; the bottleneck adapter uses it too
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, gguf: bool = False,
@@ -57,6 +59,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, ggu
     try:
         results = _write(info, staging, target, merge=merge, gguf=gguf, gguf_type=gguf_type,
                          dtype=dtype, refusal=refusal, emit=sink)
+        make_readable(staging)
         _replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -160,11 +163,12 @@ def _write(info: RunInfo, staging: Path, target: Path, *, merge: bool, gguf: boo
                                  gguf_type=gguf_type, dtype=dtype, notes=notes, emit=emit)
     else:
         emit(Progress(stage="export", current=0, total=1, message="copying the adapter"))
-        files = _copy_adapter(info.result, staging)
+        files = _copy_adapter(info.result, staging, info.job.model.source)
         if refusal:
             notes.append(f"exported as an adapter, not merged: {refusal}")
         results.append(Exported(path=str(target), kind="adapter", files=files, notes=notes))
-    kind = "adapter" if results[0].kind == "adapter" else "merged"
+    kinds = [r.kind for r in results]
+    kind = "adapter" if "adapter" in kinds else "merged" if "merged" in kinds else "gguf"
     card = model_card(info, kind=kind, exports=[asdict(r) for r in results], notes=notes)
     (staging / "README.md").write_text(card, encoding="utf-8")
     return [_with_card(r) for r in results]
@@ -176,13 +180,45 @@ def _with_card(event: Exported) -> Exported:
     return Exported(**{**asdict(event), "files": sorted([*event.files, "README.md"])})
 
 
-def _copy_adapter(result: Path, staging: Path) -> list[str]:
+def _copy_adapter(result: Path, staging: Path, source: str) -> list[str]:
     files = []
     for f in sorted(result.iterdir()):
         if f.is_file() and f.name not in _TRAINING_STATE and not f.name.startswith("rng_state"):
             shutil.copy2(f, staging / f.name)
             files.append(f.name)
+    _name_the_base(staging / ADAPTER_CONFIG, source)
     return files
+
+
+def _name_the_base(config_file: Path, source: str) -> None:
+    """The adapter config names the base by its hub id (training wrote the local cache path,
+    which fails on any other machine); a local base keeps its path (the card says so)."""
+    from engine.models import base_identity
+
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if "base_model_name_or_path" in config:
+        config["base_model_name_or_path"] = base_identity(source).name_or_path
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+                               encoding="utf-8")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(folder: Path) -> None:
+    """Files as any other file the user writes (0644 under the usual umask 022), not the
+    owner-only 0600 that safetensors' temporary files leave: a copied export must open for
+    another user or a container."""
+    mask = _umask()
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _write_merged(info: RunInfo, staging: Path, target: Path, *, merge: bool, gguf: bool,

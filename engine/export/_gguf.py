@@ -32,6 +32,7 @@ _PRE_BY_HASH = {
     "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
     "c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d": "smaug-bpe",
 }
+ROPE_FREQS_TENSOR = "rope_freqs.weight"  # gguf.TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"
 _FALLBACK_PRE = {"qwen2": "qwen2", "llama": "gpt-2", "mistral": "gpt-2"}
 
 
@@ -54,12 +55,15 @@ def check_supported(config: Any, tokenizer: Any) -> None:
                         f"this model is {model_type or 'unknown'}", advice,
                         code="gguf_unsupported")
     kind, _ = rope_type(config)
-    if kind not in ("default", "linear"):
-        raise UserError(f"GGUF export does not support rope scaling {kind!r} yet", advice,
-                        code="gguf_unsupported")
+    if kind not in ("default", "linear") and not (kind == "llama3" and model_type == "llama"):
+        raise UserError(f"GGUF export does not support rope scaling {kind!r} for "
+                        f"{model_type} models yet", advice, code="gguf_unsupported")
     if not _is_byte_level_bpe(tokenizer):
+        kind = ("SentencePiece (Llama 2, Mistral v0.1-v0.3 style; llama.cpp's converter reads "
+                "its scores from tokenizer.model with the sentencepiece package)"
+                if _is_sentencepiece(tokenizer) else "neither")
         raise UserError("GGUF export supports byte-level BPE tokenizers (GPT-2 style: SmolLM, "
-                        "Llama 3, Qwen2); this model's tokenizer is different", advice,
+                        f"Llama 3, Qwen2); this model's tokenizer is {kind}", advice,
                         code="gguf_unsupported")
 
 
@@ -69,6 +73,12 @@ def _tokenizer_json(tokenizer: Any) -> dict[str, Any]:
         return {}
     data: dict[str, Any] = json.loads(backend.to_str())
     return data
+
+
+def _is_sentencepiece(tokenizer: Any) -> bool:
+    """A SentencePiece model as tokenizers holds it: Unigram, or BPE with byte fallback."""
+    model = _tokenizer_json(tokenizer).get("model", {})
+    return model.get("type") == "Unigram" or bool(model.get("byte_fallback"))
 
 
 def _is_byte_level_bpe(tokenizer: Any) -> bool:
@@ -127,15 +137,55 @@ def _permute(w: Any, n_head: int) -> Any:
             .swapaxes(1, 2).reshape(w.shape))
 
 
+def _head_dim(config: Any) -> int:
+    return int(getattr(config, "head_dim", None)
+               or config.hidden_size // config.num_attention_heads)
+
+
+def rope_freqs(config: Any) -> Any:
+    """Llama 3's rope scaling as llama.cpp stores it: one divisor per rotary frequency
+    (the ``rope_freqs`` tensor, LlamaModel.generate_extra_tensors in convert_hf_to_gguf.py);
+    None for any other rope. llama.cpp divides each default frequency by its factor."""
+    import math
+
+    import numpy as np
+
+    kind, rope = rope_type(config)
+    if kind != "llama3":
+        return None
+    base = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    dim = _head_dim(config)
+    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor = float(rope.get("factor", 8.0))
+    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
+    # The converter reads this from the config's top level (default 8192); transformers keeps
+    # it in the rope parameters, where Llama 3.x sets it to 8192 too.
+    old_context = float(rope.get("original_max_position_embeddings",
+                                 getattr(config, "original_max_position_embeddings", 8192)))
+    low_wavelen, high_wavelen = old_context / low, old_context / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, dtype=np.float32)
+
+
 def _tensors(model: Any, arch: Any, model_type: str) -> list[tuple[str, Any]]:
     import gguf
 
     config = model.config
+    factors = rope_freqs(config)  # written first, as the converter does
+    out = [] if factors is None else [(ROPE_FREQS_TENSOR, factors)]
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or \
         config.num_attention_heads
-    out = []
     for key, value in model.state_dict().items():
         if tied and key == "lm_head.weight":
             continue  # llama.cpp reuses token_embd when output.weight is absent
@@ -272,6 +322,7 @@ def verify_gguf(path: Path, merged: Any, tokenizer: Any, inputs: list[Any], gguf
 
     loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                   dtype=torch.float32).eval()
+    _apply_rope_freqs(path, merged, loaded)
     loaded_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     want, got = logits_of(merged, inputs), logits_of(loaded, inputs)
     diff = max(float((a - b).abs().max()) for a, b in zip(want, got, strict=True))
@@ -295,6 +346,34 @@ def verify_gguf(path: Path, merged: Any, tokenizer: Any, inputs: list[Any], gguf
             f"{agree / total:.1%}, largest logit difference {diff:.3g} of {scale:.3g}, "
             f"tokenizer {'matches' if same_ids else 'differs'}; nothing was written")
     return facts
+
+
+def _apply_rope_freqs(path: Path, merged: Any, loaded: Any) -> None:
+    """transformers' GGUF loader ignores ``rope_freqs``: give the loaded model the frequencies
+    the file's tensor says (as llama.cpp computes them), after checking they are the ones
+    transformers' own llama3 rope computes. ExportCheckFailed when they are not."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+
+    from engine.export._merge import ExportCheckFailed
+
+    if rope_freqs(merged.config) is None:
+        return
+    tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
+    if ROPE_FREQS_TENSOR not in tensors:
+        raise ExportCheckFailed(f"the GGUF file has no {ROPE_FREQS_TENSOR} for its llama3 rope; "
+                                "nothing was written")
+    factors = torch.from_numpy(np.array(tensors[ROPE_FREQS_TENSOR].data, dtype=np.float32))
+    rotary = loaded.model.rotary_emb  # built with the default rope: the plain frequencies
+    inv_freq = rotary.original_inv_freq.float() / factors
+    want = merged.model.rotary_emb.inv_freq.float().cpu()
+    if not torch.allclose(inv_freq, want, rtol=1e-5, atol=0):
+        raise ExportCheckFailed(
+            f"the GGUF file's {ROPE_FREQS_TENSOR} gives rope frequencies that differ from the "
+            f"model's by up to {float((inv_freq - want).abs().max()):.3g}; nothing was written")
+    rotary.inv_freq.copy_(inv_freq)
+    rotary.original_inv_freq.copy_(inv_freq)
 
 
 def _common_chars(a: str, b: str) -> int:

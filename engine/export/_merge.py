@@ -192,8 +192,53 @@ def save_merged(model: Any, tokenizer: Any, folder: Path, dtype_name: str,
     config_file = folder / "config.json"  # save_pretrained records the in-memory dtype
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["dtype"] = dtype_name
+    config = portable_config(config)
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tokenizer.save_pretrained(folder)
+    _portable_tokenizer_config(folder / "tokenizer_config.json")
+
+
+# Tokenizer classes transformers 5 writes that 4.x lacks -> the 4.x class that reads the same
+# tokenizer.json (in 5, PreTrainedTokenizerFast is TokenizersBackend itself).
+TOKENIZER_CLASSES_4X = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config.json that transformers 4.4x and 5 read the same way.
+
+    transformers 5 keeps the rope base and scaling only in ``rope_parameters``; 4.x reads
+    the top-level ``rope_theta`` (default 10000) and ``rope_scaling``, so without them it
+    silently computes another rope. On loading, 5 takes a non-null ``rope_scaling`` in place
+    of ``rope_parameters`` and fills its ``rope_theta`` (and ``partial_rotary_factor``) from
+    the top level (modeling_rope_utils.convert_rope_params_to_dict): written this way both
+    layouts say the same. ``torch_dtype`` is the name 4.x before 4.56 reads the dtype under.
+    """
+    out = dict(config)
+    if "dtype" in out:
+        out["torch_dtype"] = out["dtype"]
+    rope = out.get("rope_parameters")
+    if not isinstance(rope, dict) or "rope_theta" not in rope:
+        return out  # no rope, or one per layer type (no 4.x layout for it)
+    out["rope_theta"] = rope["rope_theta"]
+    if "partial_rotary_factor" in rope:
+        out["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    out["rope_scaling"] = None if kind == "default" else scaling
+    return out
+
+
+def _portable_tokenizer_config(path: Path) -> None:
+    import json
+
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    name = config.get("tokenizer_class")
+    if name in TOKENIZER_CLASSES_4X:
+        config["tokenizer_class"] = TOKENIZER_CLASSES_4X[name]
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
 
 
 def _tied_keys(model: Any) -> list[str]:

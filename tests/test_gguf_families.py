@@ -1,0 +1,129 @@
+"""GGUF for more of the catalog's families: each a tiny model of that family, written, read
+back with gguf's own reader and loaded again to compare with the model it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from test_export import _small_tokenizer, _spread
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}
+
+
+@pytest.fixture(scope="module")
+def llama3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """A Llama 3.x-style model: llama3 rope scaling (short original context, so prompts of a
+    few dozen tokens already reach the scaled frequencies) and a byte-level BPE tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _small_tokenizer(tmp_path_factory.mktemp("llama3-tok"))
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=2, tie_word_embeddings=True,
+                         rope_parameters=dict(LLAMA3_ROPE))
+    torch.manual_seed(0)
+    return _spread(LlamaForCausalLM(config)).eval(), tok
+
+
+def _write(model: Any, tok: Any, path: Path, gguf_type: str = "f16") -> dict[str, Any]:
+    from engine.export._gguf import check_supported, write_gguf
+    from engine.export._stops import end_of_turn_id, stop_token_ids
+
+    check_supported(model.config, tok)
+    return write_gguf(model, tok, path, gguf_type=gguf_type, name="tiny llama3",
+                      stops=stop_token_ids(tok), end_of_turn=end_of_turn_id(tok))
+
+
+def test_llama3_rope_is_written_as_rope_freqs(llama3: tuple[Any, Any], tmp_path: Path) -> None:
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    model, tok = llama3
+    path = tmp_path / "m.gguf"
+    _write(model, tok, path)
+    reader = GGUFReader(str(path))
+    tensors = {t.name: t for t in reader.tensors}
+    freqs = tensors["rope_freqs.weight"]
+    assert freqs.tensor_type == GGMLQuantizationType.F32 and list(freqs.shape) == [8]
+    factors = torch.from_numpy(np.array(freqs.data, dtype=np.float32))
+    assert float(factors.min()) == 1.0 and float(factors.max()) == 8.0  # both ends used
+    # llama.cpp divides the plain frequencies by these: that must give transformers' llama3 rope
+    plain = 1.0 / (500000.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+    torch.testing.assert_close(plain / factors, model.model.rotary_emb.inv_freq,
+                               rtol=1e-6, atol=0)
+    assert float(reader.fields["llama.rope.freq_base"].parts[-1][0]) == 500000.0
+    assert "llama.rope.scaling.type" not in reader.fields  # the converter writes none for llama3
+
+
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
+def test_llama3_round_trip(gguf_type: str, llama3: tuple[Any, Any], tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from engine.export._gguf import verify_gguf
+    from engine.export._merge import chat_inputs, logits_of
+    from engine.export._stops import stop_token_ids
+
+    model, tok = llama3
+    path = tmp_path / "m.gguf"
+    _write(model, tok, path, gguf_type)
+    inputs = chat_inputs(tok)
+    assert min(x.shape[1] for x in inputs) > 32  # past the original context: scaling matters
+    check = verify_gguf(path, model, tok, inputs, gguf_type, "Hello, who are you?",
+                        stop_token_ids(tok))
+    assert check["tokenizer_matches"]
+    if gguf_type == "q8_0":
+        assert check["argmax_agreement"] >= 0.95
+        return
+    assert check["argmax_agreement"] == 1.0 and check["same_greedy_text"]
+    assert check["max_logit_diff"] < 1e-2 * check["logit_scale"]
+    # Without the rope_freqs tensor (as transformers' loader alone reads the file), the same
+    # weights compute something else: the tensor is what carries Llama 3's rope.
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name,
+                                                 dtype=torch.float32).eval()
+    off = max(float((a - b).abs().max()) for a, b in
+              zip(logits_of(model, inputs), logits_of(plain, inputs), strict=True))
+    assert off > 10 * check["max_logit_diff"]
+
+
+def test_llama3_rope_only_for_llama(llama3: tuple[Any, Any]) -> None:
+    from transformers import Qwen2Config
+
+    from engine.errors import UserError
+    from engine.export._gguf import check_supported
+
+    _model, tok = llama3
+    qwen = Qwen2Config(rope_parameters=dict(LLAMA3_ROPE))
+    with pytest.raises(UserError, match="rope scaling 'llama3' for qwen2") as info:
+        check_supported(qwen, tok)
+    assert info.value.code == "gguf_unsupported"
+
+
+def test_sentencepiece_tokenizers_are_refused_before_any_weight_loads(tmp_path: Path) -> None:
+    """Llama 2 / Mistral v0.1-v0.3 tokenizers (SentencePiece BPE with byte fallback, as
+    tokenizers holds them) are not written yet: the refusal names the kind and the way out."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    from engine.errors import UserError
+    from engine.export._gguf import check_supported
+
+    spm = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    spm.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    spm.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    spm.train_from_iterator(["Hello, who are you? Write a haiku about the sea."] * 20,
+                            trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                special_tokens=["<unk>", "<s>", "</s>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    with pytest.raises(UserError, match="SentencePiece") as info:
+        check_supported(LlamaConfig(), tok)
+    assert info.value.code == "gguf_unsupported"
+    assert "convert_hf_to_gguf.py" in str(info.value.advice)
