@@ -115,10 +115,37 @@ def checkpoints(run_dir: str | Path, *, complete: bool = True) -> list[Path]:
     return sorted(found, key=lambda p: checkpoint_step(p) or 0)
 
 
-def last_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    done = checkpoints(run_dir)
-    return done[-1] if done else None
+def last_checkpoint(run_dir: str | Path, *, finite: bool = False) -> Path | None:
+    """The newest complete checkpoint, or None.
+
+    ``finite=True`` (what resume uses) also reads its weights and passes over a checkpoint
+    with a NaN or infinite tensor, or one whose weights cannot be read: resuming from it would
+    fail again. That reads every weight file, so the cheap form is the default.
+    """
+    for folder in reversed(checkpoints(run_dir)):
+        if not finite or checkpoint_is_finite(folder):
+            return folder
+    return None
+
+
+def checkpoint_is_finite(folder: Path) -> bool:
+    """True when every tensor of the checkpoint's ``*.safetensors`` weights is finite."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return False
+    try:
+        for file in files:
+            with safe_open(str(file), framework="pt") as fh:
+                for key in fh.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    tensor = fh.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        return False
+    except (OSError, SafetensorError):
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- events

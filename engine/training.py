@@ -141,8 +141,11 @@ def make_trainer_class() -> type:
         """
 
         on_checkpoint: Callable[[Path, int], None] | None = None
+        # Called (state, control, what) when a step's loss or gradient norm is NaN/inf.
+        on_non_finite: Callable[[Any, Any, str], None] | None = None
         lean_loss = False
         _tokens: TokenCounter | None = None
+        _bad: Any = None  # device flag: a step since the last check was non-finite
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
@@ -163,7 +166,44 @@ def make_trainer_class() -> type:
                 logs.update(self._tokens.take(self.accelerator))
             super().log(logs, start_time)
 
+        def _maybe_log_save_evaluate(self, tr_loss: Any, grad_norm: Any, model: Any,
+                                     *args: Any, **kwargs: Any) -> None:
+            # Every optimizer step passes here with the loss summed since the last log line
+            # and its own gradient norm. Both are folded into a device flag (no sync), read
+            # (one sync) before anything is logged, evaluated or saved: a non-finite step never
+            # reaches a checkpoint or the result, whatever logging_steps is.
+            self._fold_finite(tr_loss, grad_norm)
+            c = self.control
+            due = (c.should_log or c.should_save or c.should_evaluate or c.should_training_stop
+                   or self.state.global_step >= self.state.max_steps)
+            if not (due and bool(self._bad.any())):
+                super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, *args, **kwargs)
+                return
+            c.should_save = c.should_evaluate = False
+            c.should_training_stop = True
+            c.should_log = True  # show the loss that went wrong
+            super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, *args, **kwargs)
+            c.should_save = False
+            loss_bad, grad_bad = (bool(x) for x in self._bad.tolist())
+            what = " and ".join(w for w, b in (("the loss", loss_bad),
+                                               ("the gradient norm", grad_bad)) if b)
+            if self.on_non_finite is not None:
+                self.on_non_finite(self.state, c, what)
+
+        def _fold_finite(self, tr_loss: Any, grad_norm: Any) -> None:
+            import torch
+
+            loss = tr_loss.detach().float().reshape(())
+            grad = torch.as_tensor(0.0 if grad_norm is None else grad_norm, device=loss.device)
+            bad = ~torch.isfinite(torch.stack([loss, grad.float().reshape(())]))
+            self._bad = bad if self._bad is None else self._bad | bad
+
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            if not _trainable_finite(model):  # the last line of defence: never write NaNs
+                self.control.should_training_stop = True
+                if self.on_non_finite is not None:
+                    self.on_non_finite(self.state, self.control, "a trained weight")
+                return
             final_root = Path(self.args.output_dir)
             staging = final_root / ".staging"
             shutil.rmtree(staging, ignore_errors=True)
@@ -193,6 +233,14 @@ def make_trainer_class() -> type:
                 shutil.rmtree(old, ignore_errors=True)
 
     return AtomicCheckpointTrainer
+
+
+def _trainable_finite(model: Any) -> bool:
+    """True when every trained parameter is finite (one sync for the whole model)."""
+    import torch
+
+    flags = [torch.isfinite(p.detach()).all() for p in model.parameters() if p.requires_grad]
+    return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 
 # --------------------------------------------------------------------------- the run
@@ -255,7 +303,7 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
            resume: bool) -> RunResult:
     """setup → train → save, the torchtune recipe's shape."""
     run = _setup(job, run_dir, emit, should_stop)
-    resume_from = _resume_point(run_dir) if resume else None
+    resume_from = _resume_point(run_dir, emit) if resume else None
     emit(_run_started(job, run, run_dir))
     run.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return _save(job, run, run_dir, emit)
@@ -351,6 +399,7 @@ def _setup_trainer(job: JobConfig, args: Any, model: Any, tokenizer: Any, data: 
         data_collator=task.collator if task else Collator(tokenizer.pad_token_id, True),
         compute_metrics=task.compute_metrics if task else None, callbacks=[callback])
     trainer.on_checkpoint = lambda path, step: emit(ev.Checkpoint(step=step, path=str(path)))
+    trainer.on_non_finite = callback.fail_non_finite
     trainer.lean_loss = job.task == "sft" and get_method(job.method.name).packs
     trainer.remove_callback(PrinterCallback)  # our events replace its prints on stdout
     trainer.remove_callback(ProgressCallback)
@@ -373,10 +422,17 @@ def _task_setup(job: JobConfig, spec: Any, tokenizer: Any) -> Any:
     return None
 
 
-def _resume_point(run_dir: Path) -> Path:
-    checkpoint = runs.last_checkpoint(run_dir)
+def _resume_point(run_dir: Path, emit: ev.EventSink) -> Path:
+    """The newest complete checkpoint with finite weights (a NaN one would fail again)."""
+    newest = runs.last_checkpoint(run_dir)
+    checkpoint = runs.last_checkpoint(run_dir, finite=True)
+    if newest is not None and newest != checkpoint:
+        emit(ev.Warning(code="non_finite_checkpoint",
+                        message=f"{newest} holds NaN/inf or unreadable weights; resuming from "
+                                f"{checkpoint or 'nothing'} instead"))
     if checkpoint is None:
-        raise UserError(f"--resume: {run_dir / runs.CHECKPOINTS} holds no complete checkpoint",
+        what = "complete checkpoint with finite weights" if newest else "complete checkpoint"
+        raise UserError(f"--resume: {run_dir / runs.CHECKPOINTS} holds no {what}",
                         "start the run again without --resume", code="no_checkpoint")
     return checkpoint
 

@@ -124,31 +124,53 @@ def test_resume_without_checkpoint_is_a_user_error(tiny_llama_dir: Path, chat_js
     assert _types(events)[-2:] == ["error", "run_finished"]
 
 
-def test_non_finite_loss_stops_without_a_checkpoint(tiny_llama_dir: Path, chat_jsonl: Path,
-                                                    tmp_path: Path) -> None:
+def _broken_model(tiny_llama_dir: Path, folder: Path) -> Path:
+    """A model whose weights overflow float32 (as a corrupt or badly merged checkpoint does)."""
     import shutil
 
     import torch
     from transformers import AutoModelForCausalLM
 
-    # A model whose weights overflow float32 (as a corrupt or badly merged checkpoint does).
-    broken = tmp_path / "broken"
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(1e38)
-    model.save_pretrained(broken)
+    model.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(tiny_llama_dir / name, broken / name)
+        shutil.copy(tiny_llama_dir / name, folder / name)
+    return folder
 
+
+def test_non_finite_loss_stops_without_a_checkpoint(tiny_llama_dir: Path, chat_jsonl: Path,
+                                                    tmp_path: Path) -> None:
+    broken = _broken_model(tiny_llama_dir, tmp_path / "broken")
     events: list = []
     job = make_job(broken, chat_jsonl, tmp_path, save_steps=1)
     result = run_training(job, run_dir=tmp_path / "run", emit=events.append)
     assert result.status == "failed" and events[-1].status == "failed"
     errors = [e for e in events if isinstance(e, ev.Error)]
     assert errors and errors[0].code == "non_finite_loss" and "learning_rate" in errors[0].advice
-    bad_step = next(e.step for e in events if isinstance(e, ev.Step) and not math.isfinite(e.loss))
+    # The first step with a NaN loss or gradient norm (here the norm, at step 1: its update
+    # made every weight NaN while the step's own loss was still finite).
+    bad_step = next(e.step for e in events if isinstance(e, ev.Step)
+                    and not (math.isfinite(e.loss) and math.isfinite(e.grad_norm)))
     saved = [e.step for e in events if isinstance(e, ev.Checkpoint)]
     assert all(step < bad_step for step in saved)  # no checkpoint of broken weights
+
+
+def test_a_non_finite_step_is_never_checkpointed_whatever_logging_steps(
+        tiny_llama_dir: Path, chat_jsonl: Path, tmp_path: Path) -> None:
+    """The guard reads every step's loss and gradient norm, not only the logged ones."""
+    broken = _broken_model(tiny_llama_dir, tmp_path / "broken")
+    events: list = []
+    run_dir = tmp_path / "run"
+    job = make_job(broken, chat_jsonl, tmp_path, max_steps=4, save_steps=1, logging_steps=5)
+    result = run_training(job, run_dir=run_dir, emit=events.append)
+    assert result.status == "failed" and result.output_path is None
+    assert [e.code for e in events if isinstance(e, ev.Error)] == ["non_finite_loss"]
+    assert not [e for e in events if isinstance(e, ev.Checkpoint)]
+    assert runs.checkpoints(run_dir, complete=False) == []
+    assert not (run_dir / "adapter").exists()
+    assert result.step == 1  # stopped at the first bad step, not at the next log line
 
 
 def test_warmup_ratio_one_warms_up_over_every_step(tiny_llama_dir: Path, chat_jsonl: Path,
