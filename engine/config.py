@@ -7,6 +7,7 @@ values raise :class:`~engine.errors.ConfigError` naming the key, e.g. ``training
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,17 +30,23 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
 
 
 def _check_choices(obj: Any, section: str = "") -> None:
-    """Check every field of ``obj`` that lists ``choices`` in its metadata, naming the key."""
+    """Check every field of ``obj`` that lists ``choices`` in its metadata, naming the key,
+    and that every number is finite (YAML reads ``.nan`` and ``.inf`` as floats, and a NaN
+    passes every range comparison)."""
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
         value = getattr(obj, f.name)
+        key = f"{section}.{f.name}" if section else f.name
         if choices is not None and value not in choices:
-            key = f"{section}.{f.name}" if section else f.name
             raise ConfigError(key, f"{value!r} is not one of {', '.join(choices)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(key, f"{value!r} is not a finite number")
 
 
 def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None,
                  *, lo_open: bool = False) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(key, f"{value!r} is not a finite number")
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise ConfigError(key, f"{value!r} must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and value > hi:
@@ -181,6 +188,7 @@ class TrainingConfig:
         _check_range("training.save_total_limit", self.save_total_limit, 1)
         _check_range("training.logging_steps", self.logging_steps, 1)
         _check_range("training.sample_max_new_tokens", self.sample_max_new_tokens, 1)
+        _check_range("training.seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
 
 
 @dataclass

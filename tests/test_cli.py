@@ -39,6 +39,8 @@ def test_help_lists_the_verbs() -> None:
     ("name: x\ntraining:\n  batch_size: -3\n", ["training.batch_size", "-3"]),
     ("name: x\nmethod:\n  nme: lora\n", ["method.nme", "not a known key"]),
     ("name: x\ndataset: {path: [1\n", ["not valid YAML", "line"]),
+    ("name: x\ntraining:\n  learning_rate: .nan\n", ["training.learning_rate", "finite"]),
+    ("name: x\ntraining:\n  seed: -7\n", ["training.seed", "-7"]),
 ])
 def test_bad_job_files_exit_2(tmp_path: Path, content: str, needles: list[str]) -> None:
     job = tmp_path / "job.yaml"
