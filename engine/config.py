@@ -304,6 +304,14 @@ def load_job(path: str | Path) -> JobConfig:
         raise UserError(f"job file {p} does not exist", "check the path", code="bad_job")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"job file {p} is not UTF-8 text (byte {exc.start}: "
+                        f"{exc.object[exc.start:exc.start + 1]!r})",
+                        "save it as UTF-8 (most editors offer it under 'Save with encoding')",
+                        code="bad_job") from None
+    except OSError as exc:
+        raise UserError(f"job file {p} cannot be read: {exc.strerror or exc}",
+                        "check its permissions", code="bad_job") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

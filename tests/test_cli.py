@@ -48,6 +48,12 @@ def test_bad_job_files_exit_2(tmp_path: Path, content: str, needles: list[str]) 
     _one_clear_message(engine("train", str(job)), str(job), *needles)
 
 
+def test_a_job_file_that_is_not_utf8_exits_2(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_bytes(b"name: caf\xe9\ntraining:\n  max_steps: 2\n")  # Latin-1, not UTF-8
+    _one_clear_message(engine("train", str(job)), str(job), "not UTF-8")
+
+
 def test_missing_job_and_missing_dataset_exit_2(tmp_path: Path) -> None:
     _one_clear_message(engine("train", str(tmp_path / "nope.yaml")), "does not exist")
     job = tmp_path / "job.yaml"
