@@ -286,8 +286,19 @@ def _build(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
         if key not in names:
             near = ", ".join(sorted(names))
             raise ConfigError(f"{prefix}{key}", "is not a known key", f"known keys here: {near}")
-    kwargs = {k: _coerce(f"{prefix}{k}", v, hints[k]) for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {k: _coerce(f"{prefix}{k}", _on_off(v, fields[k]), hints[k])
+              for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _on_off(value: Any, f: dataclasses.Field[Any]) -> Any:
+    """YAML 1.1 reads an unquoted on/off (and yes/no) as true/false: for a choice that
+    offers "on" and "off" (such as dataset.packing) take the boolean as the word."""
+    choices = f.metadata.get("choices") or ()
+    if isinstance(value, bool) and "on" in choices and "off" in choices:
+        return "on" if value else "off"
+    return value
 
 
 def job_from_dict(data: dict[str, Any]) -> JobConfig:

@@ -115,6 +115,16 @@ def _job_file(arg: str) -> Path:
     return resources.preset(arg) or resources.locate(arg)
 
 
+def _refuse_finished_run(run_dir: Path) -> None:
+    """A new run in a folder that holds one would replace its result and checkpoints."""
+    held = runs.holds_a_run(run_dir) if run_dir.is_dir() else ""
+    if held:
+        raise UserError(f"--run-dir {run_dir} already holds a run ({held}); starting a new one "
+                        "there would replace its result and checkpoints",
+                        "add --resume to continue it, or leave out --run-dir to start a new "
+                        "run folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.cli import quiet_libraries
     from engine.config import load_job
@@ -122,14 +132,17 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     job_file = _job_file(args.job)
     job = load_job(job_file)
-    from engine.training import run_training
+    from engine.training import check_inputs, run_training
 
     if args.resume and not args.run_dir:
         raise UserError("--resume needs --run-dir: the run folder to continue",
                         "pass --run-dir runs/<name>-<timestamp>")
     if args.resume and not Path(args.run_dir).is_dir():
         raise UserError(f"--run-dir {args.run_dir} does not exist", "check the path")
-    run_dir = (Path(args.run_dir) if args.run_dir
+    check_inputs(job)  # before any folder is made: a wrong path leaves nothing behind
+    if args.run_dir and not args.resume:
+        _refuse_finished_run(Path(args.run_dir))
+    run_dir = (runs.prepare_run_dir(args.run_dir) if args.run_dir
                else runs.create_run_dir(job.output.runs_dir, job.name))
     (run_dir / runs.STOP_FILE).unlink(missing_ok=True)  # a stale STOP from a previous session
     rank = int(os.environ.get("RANK", "0"))

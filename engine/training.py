@@ -246,6 +246,16 @@ def _trainable_finite(model: Any) -> bool:
 # --------------------------------------------------------------------------- the run
 
 
+def check_inputs(job: JobConfig) -> None:
+    """The job's model and dataset paths exist: checked in milliseconds, before a run folder
+    is made or a model loads (a missing path used to surface only after the model loaded)."""
+    from engine.data import check_dataset_source
+    from engine.models import check_model_source
+
+    check_model_source(job.model.source)
+    check_dataset_source(job.dataset.path)
+
+
 def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
                  should_stop: Callable[[], bool] | None = None, resume: bool = False,
                  job_file: str | Path | None = None) -> RunResult:
@@ -258,6 +268,7 @@ def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
     should_stop = should_stop or (lambda: (run_dir / runs.STOP_FILE).exists())
     runs.write_job(run_dir, job, source=job_file)
     try:
+        check_inputs(job)
         result = _train(job, run_dir, emit, should_stop, resume)
     except UserError as exc:
         emit(ev.Error(code=exc.code, message=exc.message, advice=exc.advice))

@@ -90,6 +90,14 @@ def test_values_that_used_to_crash_later_are_rejected(data: dict, key: str) -> N
     assert info.value.key == key
 
 
+@pytest.mark.parametrize(("text", "value"), [("off", "off"), ("on", "on"), ("false", "off"),
+                                             ("yes", "on"), ("auto", "auto")])
+def test_on_off_choices_take_yaml_booleans(tmp_path: Path, text: str, value: str) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(f"dataset:\n  packing: {text}\n")  # unquoted: YAML reads off as False
+    assert load_job(path).dataset.packing == value
+
+
 def test_load_job_reports_yaml_errors_with_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ntraining:\n  batch_size: [1\n")

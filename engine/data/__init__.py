@@ -11,7 +11,7 @@ from typing import Any
 
 from engine import resources
 from engine.data._formats import EXPECTED, Sample, detect_format, to_samples
-from engine.data._readers import Row, dataset_files, read_rows
+from engine.data._readers import Row, check_dataset_source, dataset_files, read_rows
 from engine.data._tokenize import (
     IGNORE,
     encode_all,
@@ -29,6 +29,7 @@ __all__ = [
     "PreparedData",
     "Row",
     "Sample",
+    "check_dataset_source",
     "detect_format",
     "inspect_dataset",
     "load_samples",

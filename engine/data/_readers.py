@@ -144,17 +144,30 @@ def _read_hub(dataset_id: str, split: str) -> list[Row]:
     return [Row(f"{dataset_id} row {i}", dict(r)) for i, r in enumerate(ds)]
 
 
-def read_rows(source: str, split: str = "train") -> list[Row]:
-    """All rows of a file, folder or hub dataset; raises DataError listing unreadable rows."""
+def _is_hub_id(source: str, path: Path) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and path.suffix.lower() not in SUFFIXES
+
+
+def check_dataset_source(source: str) -> None:
+    """UserError unless ``source`` is an existing file or folder of a readable type, or a hub
+    id. Reads no rows: fast, so a run can check it before it creates its folder."""
     if not source:
         raise UserError("dataset.path is empty", "pick a dataset file or folder",
                         code="bad_data")
     path = resources.locate(source)  # resources/datasets/... is found from any folder
-    if not path.exists():
-        parts = source.split("/")
-        if len(parts) == 2 and all(parts) and path.suffix.lower() not in SUFFIXES:
-            return _read_hub(source, split)
+    if path.exists():
+        dataset_files(path)
+    elif not _is_hub_id(source, path):
         raise UserError(f"dataset {source} does not exist", "check the path", code="bad_data")
+
+
+def read_rows(source: str, split: str = "train") -> list[Row]:
+    """All rows of a file, folder or hub dataset; raises DataError listing unreadable rows."""
+    check_dataset_source(source)
+    path = resources.locate(source)
+    if not path.exists():
+        return _read_hub(source, split)
     rows: list[Row] = []
     problems: list[str] = []
     for file in dataset_files(path):
