@@ -271,7 +271,7 @@ def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
         check_inputs(job)
         result = _train(job, run_dir, emit, should_stop, resume)
     except UserError as exc:
-        emit(ev.Error(code=exc.code, message=exc.message, advice=exc.advice))
+        emit(ev.Error(code=exc.code, message=exc.full_message, advice=exc.advice))
         emit(ev.RunFinished(status="failed", elapsed_s=round(time.perf_counter() - start, 2)))
         raise
     except Exception as exc:

@@ -129,6 +129,43 @@ def test_run_dir_of_an_existing_run_needs_resume(tmp_path: Path, chat_jsonl: Pat
     assert runs.holds_a_run(tmp_path / "fresh") == ""
 
 
+def _turns(*roles: str) -> dict:
+    return {"messages": [{"role": r, "content": f"{r} says hi"} for r in roles]}
+
+
+BAD_DATASETS = {  # name: (file name, content, what the message must say)
+    "single object": ("one.json", json.dumps(_turns("user", "assistant")),
+                      ["one.json", "single JSON object", "list"]),
+    "assistant first": ("chat.jsonl", "\n".join(json.dumps(r) for r in [
+        _turns("user", "assistant"), _turns("assistant", "user", "assistant")]),
+        ["chat.jsonl line 2", "turn 0", "starts with the user"]),
+    "no alternation": ("share.jsonl", "\n".join(json.dumps(r) for r in [
+        {"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"},
+                           {"from": "gpt", "value": "c"}]}]),
+        ["share.jsonl line 1", "turns 0 and 1", "take turns"]),
+    "one class": ("labels.csv", "text,label\ngood,pos\nfine,pos\nnice,pos\n",
+                  ["labels.csv", "'pos'", "two classes"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATASETS))
+def test_bad_datasets_exit_2_from_data_and_train(tmp_path: Path, tiny_llama_dir: Path,
+                                                 case: str) -> None:
+    name, content, needles = BAD_DATASETS[case]
+    data = tmp_path / name
+    data.write_text(content + "\n")
+    task = "classify" if case == "one class" else "sft"
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: x\ntask: {task}\nmodel: {{source: {tiny_llama_dir}}}\n"
+                   f"dataset: {{path: {data}}}\noutput: {{runs_dir: {tmp_path / 'runs'}}}\n")
+    for proc in (engine("data", str(data), "--task", task), engine("train", str(job))):
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2, out
+        assert "Traceback" not in out
+        for needle in needles:
+            assert needle in out, out
+
+
 def test_data_verb_reports_problems_with_rows(tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\nnot json\n')

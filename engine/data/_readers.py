@@ -15,6 +15,8 @@ from engine import resources
 from engine.errors import DataError, UserError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
+# Keys whose list is a row's own content (a conversation's turns), never a list of rows.
+ROW_LIST_KEYS = ("messages", "conversations")
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,18 @@ def _read_json(path: Path) -> tuple[list[Row], list[str]]:
         return [], [f"{path.name} line {exc.lineno}: not valid JSON ({exc.msg} at column "
                     f"{exc.colno})"]
     if isinstance(value, dict):
-        lists = [v for v in value.values() if isinstance(v, list)]
-        value = lists[0] if len(lists) == 1 else [value]
+        # {"data": [{...}, ...]}: one list of rows under a wrapper key is read as the rows.
+        wrapped = [k for k, v in value.items() if isinstance(v, list) and v
+                   and all(isinstance(x, dict) for x in v) and k not in ROW_LIST_KEYS]
+        if len(wrapped) != 1 or len(value) != 1:
+            keys = ", ".join(list(value)[:8]) or "none"
+            return [], [f"{path.name}: holds a single JSON object (keys: {keys}), not a list of "
+                        "rows; write the rows as a list [{...}, {...}] or as JSONL, one object "
+                        "a line"]
+        value = value[wrapped[0]]
     if not isinstance(value, list):
-        return [], [f"{path.name}: expected a list of JSON objects"]
+        return [], [f"{path.name}: expected a list of JSON objects, got "
+                    f"{type(value).__name__}"]
     rows, problems = [], []
     for i, item in enumerate(value):
         if isinstance(item, dict):
