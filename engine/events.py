@@ -37,6 +37,7 @@ class RunStarted:
     pid: int = 0
     precision: str = ""  # fp32 | bf16 | fp16, as training runs
     precision_reason: str = ""  # why (e.g. "auto: the CPU has native bf16 (...)")
+    diagnostics: bool = False  # the engine emits the trend warnings (engine.diagnostics) itself
 
 
 @dataclass(frozen=True, kw_only=True)

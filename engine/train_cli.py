@@ -58,7 +58,8 @@ class ProgressBar:
         elif isinstance(event, ev.Checkpoint):
             self._line(f"checkpoint: {event.path}")
         elif isinstance(event, ev.Warning):
-            self._line(f"warning: {event.message}")
+            self._line(f"warning ({event.code}): {event.message}" if event.code
+                       else f"warning: {event.message}")
         elif isinstance(event, ev.Error):
             self._line(f"error: {event.message}" + (f"\n  → {event.advice}" if event.advice
                                                      else ""))

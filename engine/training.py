@@ -264,7 +264,10 @@ def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
     ``job_file`` is the file ``job`` was read from; when it is the run's own job file it is
     left as it is (otherwise the resolved job is written there).
     """
+    from engine.diagnostics import with_diagnostics
+
     start = time.perf_counter()
+    emit = with_diagnostics(emit)  # divergence / overfitting warnings, as the GUI shows them
     should_stop = should_stop or (lambda: (run_dir / runs.STOP_FILE).exists())
     runs.write_job(run_dir, job, source=job_file)
     try:
@@ -458,7 +461,8 @@ def _run_started(job: JobConfig, run: _Run, run_dir: Path) -> ev.RunStarted:
         method=job.method.name, trainable_params=trainable, total_params=total,
         quantized_4bit=is_4bit(run.trainer.model), device=run.device,
         max_steps=planned_steps(run.trainer.args, len(run.data.train)), pid=os.getpid(),
-        precision=run.precision.name, precision_reason=run.precision.reason)
+        precision=run.precision.name, precision_reason=run.precision.reason,
+        diagnostics=True)
 
 
 def _add_memory_check(trainer: Any, job: JobConfig, emit: ev.EventSink) -> None:
