@@ -229,13 +229,15 @@ class EventWriter:
 
     def __call__(self, event: Event) -> None:
         line = to_json(event) + "\n"
-        self._fh.write(line)
-        self._fh.flush()
-        if self._echo is not None:
-            self._echo.write(line)
-            self._echo.flush()
-        for sink in self._listeners:
-            sink(event)
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+        finally:  # a failed write (a full disk) is still shown, then raised
+            if self._echo is not None:
+                self._echo.write(line)
+                self._echo.flush()
+            for sink in self._listeners:
+                sink(event)
 
     def close(self) -> None:
         self._fh.close()

@@ -112,10 +112,30 @@ def folder_error(folder: Path, exc: OSError, what: str) -> UserError:
 def disk_full(folder: Path, needed: int = 0) -> UserError:
     """The "disk full" message: the folder, what is free there, and what is needed."""
     free = _free_bytes(folder)
-    need = f", about {_size(needed)} more is needed" if needed else ""
+    need = f"; at least {_size(needed)} is needed" if needed else ""
     return UserError(f"disk full: {folder} has {_size(free)} free{need}",
                      "free some space on that disk (or pick a folder on another one), then "
                      "resume the run with --resume", code="disk_full")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An error of a write to a full disk, as Python, torch.save or safetensors reports it."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e).lower() if e is not None else ""
+        # torch.save: "PytorchStreamWriter failed writing file ...: file write failed";
+        # safetensors: "I/O error: No space left on device (os error 28)".
+        if "no space left" in text or "os error 28" in text or "file write failed" in text:
+            return True
+    return False
+
+
+def folder_size(folder: Path | None) -> int:
+    """Bytes of the files under ``folder`` (0 when it is missing)."""
+    if folder is None or not folder.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def _free_bytes(folder: Path) -> int:

@@ -151,8 +151,11 @@ def run(args: argparse.Namespace) -> int:
     if args.events_stdout:
         # stdout carries only event lines; anything a library prints goes to stderr.
         sys.stdout = sys.stderr
-    writer = ev.EventWriter(run_dir / runs.EVENTS_FILE,
-                            echo=events_out if args.events_stdout else None)
+    try:
+        writer = ev.EventWriter(run_dir / runs.EVENTS_FILE,
+                                echo=events_out if args.events_stdout else None)
+    except OSError as exc:
+        raise runs.folder_error(run_dir, exc, "--run-dir") from None
     if not args.events_stdout:
         writer.add_listener(ProgressBar(sys.stderr))
     emit: ev.EventSink = writer if rank == 0 else (lambda _event: None)
@@ -164,13 +167,19 @@ def run(args: argparse.Namespace) -> int:
         if args.events_stdout:
             raise  # the dispatcher prints it on stderr; the GUI reads the error event
         return exc.exit_code  # the progress bar has already shown the error event
-    except Exception:
+    except Exception as exc:
         import traceback
 
+        if runs.is_disk_full(exc):  # e.g. the events file itself could not be written
+            print(f"error: {runs.disk_full(run_dir)}", file=sys.stderr)
+            return 2
         with open(run_dir / runs.CRASH_FILE, "w", encoding="utf-8") as fh:
             traceback.print_exc(file=fh)
         print(f"error: the run crashed; details in {run_dir / runs.CRASH_FILE}", file=sys.stderr)
         return 1
     finally:
-        writer.close()
+        try:
+            writer.close()
+        except OSError:
+            pass  # a full disk: the events were shown, the message above says why
     return 0 if result.status in ("completed", "stopped") else 1

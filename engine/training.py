@@ -210,6 +210,16 @@ def make_trainer_class() -> type:
             self._staging_dir = str(staging)
             try:
                 super()._save_checkpoint(model, trial)
+            except Exception as exc:
+                # The previous checkpoints stay as they were; the partial one goes (on a full
+                # disk it would keep the disk full).
+                written = runs.folder_size(staging)
+                shutil.rmtree(staging, ignore_errors=True)
+                if runs.is_disk_full(exc):
+                    previous = runs.last_checkpoint(final_root.parent)
+                    needed = max(written, runs.folder_size(previous) if previous else 0)
+                    raise runs.disk_full(final_root, needed) from exc
+                raise
             finally:
                 self._staging_dir = None
             name = runs.checkpoint_name(self.state.global_step)
@@ -269,23 +279,41 @@ def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
     start = time.perf_counter()
     emit = with_diagnostics(emit)  # divergence / overfitting warnings, as the GUI shows them
     should_stop = should_stop or (lambda: (run_dir / runs.STOP_FILE).exists())
-    runs.write_job(run_dir, job, source=job_file)
+    trainer: list[Any] = []  # set once built: the step a failure happened at
+    step = lambda: trainer[0].state.global_step if trainer else 0  # noqa: E731
     try:
-        check_inputs(job)
-        result = _train(job, run_dir, emit, should_stop, resume)
+        try:
+            runs.write_job(run_dir, job, source=job_file)
+            check_inputs(job)
+            result = _train(job, run_dir, emit, should_stop, resume, trainer)
+        except OSError as exc:
+            if runs.is_disk_full(exc):
+                raise runs.disk_full(run_dir) from exc
+            raise
     except UserError as exc:
-        emit(ev.Error(code=exc.code, message=exc.full_message, advice=exc.advice))
-        emit(ev.RunFinished(status="failed", elapsed_s=round(time.perf_counter() - start, 2)))
+        _report_failure(emit, ev.Error(code=exc.code, message=exc.full_message,
+                                       advice=exc.advice), step(), start)
         raise
     except Exception as exc:
         code, advice = _crash_advice(exc)
-        emit(ev.Error(code=code, message=f"{type(exc).__name__}: {exc}"[:2000], advice=advice))
-        emit(ev.RunFinished(status="failed", elapsed_s=round(time.perf_counter() - start, 2)))
+        _report_failure(emit, ev.Error(code=code, message=f"{type(exc).__name__}: {exc}"[:2000],
+                                       advice=advice), step(), start)
         raise
     emit(ev.RunFinished(status=result.status, step=result.step, final_loss=result.final_loss,
                         output_path=str(result.output_path or ""),
                         elapsed_s=round(time.perf_counter() - start, 2)))
     return result
+
+
+def _report_failure(emit: ev.EventSink, error: ev.Error, step: int, start: float) -> None:
+    """The error and ``run_finished`` events; on a full disk the events file may refuse them
+    (they are still shown), and the error that caused it is the one to raise."""
+    try:
+        emit(error)
+        emit(ev.RunFinished(status="failed", step=step,
+                            elapsed_s=round(time.perf_counter() - start, 2)))
+    except OSError:
+        pass
 
 
 def _crash_advice(exc: Exception) -> tuple[str, str]:
@@ -314,12 +342,20 @@ class _Run:
 
 
 def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Callable[[], bool],
-           resume: bool) -> RunResult:
+           resume: bool, built: list[Any]) -> RunResult:
     """setup → train → save, the torchtune recipe's shape."""
     run = _setup(job, run_dir, emit, should_stop)
+    built.append(run.trainer)
     resume_from = _resume_point(run_dir, emit) if resume else None
     emit(_run_started(job, run, run_dir))
-    run.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    planned = planned_steps(run.trainer.args, len(run.data.train))
+    if resume_from is not None and (runs.checkpoint_step(resume_from) or 0) >= planned:
+        # Training had finished (the final save failed, e.g. on a full disk): load the last
+        # checkpoint and save the result; the Trainer would take one step past the end.
+        run.trainer._load_from_checkpoint(str(resume_from))
+        run.trainer.state.global_step = runs.checkpoint_step(resume_from) or 0
+    else:
+        run.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return _save(job, run, run_dir, emit)
 
 
@@ -499,10 +535,17 @@ def _save_result(spec: Any, model: Any, tokenizer: Any, run_dir: Path,
     partial = run_dir / f".{spec.output_dir}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     emit(ev.Progress(stage="save", current=0, total=1, message=f"saving {target.name}/"))
-    spec.save(model, partial)
-    tokenizer.save_pretrained(partial)
-    if extras is not None:  # e.g. a classifier's label names
-        extras(partial)
+    try:
+        spec.save(model, partial)
+        tokenizer.save_pretrained(partial)
+        if extras is not None:  # e.g. a classifier's label names
+            extras(partial)
+    except Exception as exc:
+        written = runs.folder_size(partial)
+        shutil.rmtree(partial, ignore_errors=True)  # a previous result stays as it was
+        if runs.is_disk_full(exc):
+            raise runs.disk_full(run_dir, written) from exc
+        raise
     if target.exists():
         shutil.rmtree(target)
     os.replace(partial, target)
