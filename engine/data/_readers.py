@@ -15,8 +15,9 @@ from engine import resources
 from engine.errors import DataError, UserError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
-# Keys whose list is a row's own content (a conversation's turns), never a list of rows.
-ROW_LIST_KEYS = ("messages", "conversations")
+# Keys of a row itself (each format's own): an object with one is a row, not a wrapper of rows.
+ROW_KEYS = ("messages", "conversations", "instruction", "output", "prompt", "completion",
+            "text")
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ def _read_json(path: Path) -> tuple[list[Row], list[str]]:
     if isinstance(value, dict):
         # {"data": [{...}, ...]}: one list of rows under a wrapper key is read as the rows.
         wrapped = [k for k, v in value.items() if isinstance(v, list) and v
-                   and all(isinstance(x, dict) for x in v) and k not in ROW_LIST_KEYS]
-        if len(wrapped) != 1 or len(value) != 1:
+                   and all(isinstance(x, dict) for x in v)]
+        if len(wrapped) != 1 or any(k in ROW_KEYS for k in value):
             keys = ", ".join(list(value)[:8]) or "none"
             return [], [f"{path.name}: holds a single JSON object (keys: {keys}), not a list of "
                         "rows; write the rows as a list [{...}, {...}] or as JSONL, one object "
