@@ -140,7 +140,10 @@ def run(args: argparse.Namespace) -> int:
                         "pass --run-dir runs/<name>-<timestamp>")
     if args.resume and not Path(args.run_dir).is_dir():
         raise UserError(f"--run-dir {args.run_dir} does not exist", "check the path")
-    check_inputs(job)  # before any folder is made: a wrong path leaves nothing behind
+    if not (args.run_dir and Path(args.run_dir).is_dir()):
+        check_inputs(job)  # before a folder is made: a wrong path leaves nothing behind
+    # (in an existing folder, such as the one the GUI prepares, run_training checks the same
+    # paths first thing and records the error in the run's events for the GUI to show)
     if args.run_dir and not args.resume:
         _refuse_finished_run(Path(args.run_dir))
     run_dir = (runs.prepare_run_dir(args.run_dir) if args.run_dir
