@@ -95,7 +95,7 @@ class EventCallback(TrainerCallback):
         loss = float(logs["loss"])
         self.emit(self._step_event(state, loss, logs))
         if not math.isfinite(loss):
-            self._fail_non_finite(state, control, loss)
+            self.fail_non_finite(state, control, f"the loss ({loss})")
         else:
             self.last_loss = loss
 
@@ -118,13 +118,17 @@ class EventCallback(TrainerCallback):
             memory=memory_snapshot(self.device),
             elapsed_s=round(elapsed, 2), eta_s=None if eta is None else round(eta, 1))
 
-    def _fail_non_finite(self, state: Any, control: Any, loss: float) -> None:
-        # Stop without saving: a checkpoint of NaN weights is worse than none.
-        self.failed = "non_finite_loss"
+    def fail_non_finite(self, state: Any, control: Any, what: str) -> None:
+        """Stop without saving (reported once): a checkpoint of NaN weights is worse than none."""
         control.should_training_stop = True
         control.should_save = False
+        if self.failed:
+            return
+        self.failed = "non_finite_loss"
         self.emit(ev.Error(
-            code="non_finite_loss", message=f"the loss became {loss} at step {state.global_step}",
+            code="non_finite_loss",
+            message=f"{what} became NaN or infinite by step {state.global_step}; no checkpoint "
+                    "of it was written",
             advice="lower training.learning_rate (e.g. by 10×), or use training.precision: "
                    "bf16 or fp32 instead of fp16; resume from the last checkpoint"))
 

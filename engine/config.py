@@ -7,6 +7,7 @@ values raise :class:`~engine.errors.ConfigError` naming the key, e.g. ``training
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,17 +30,23 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
 
 
 def _check_choices(obj: Any, section: str = "") -> None:
-    """Check every field of ``obj`` that lists ``choices`` in its metadata, naming the key."""
+    """Check every field of ``obj`` that lists ``choices`` in its metadata, naming the key,
+    and that every number is finite (YAML reads ``.nan`` and ``.inf`` as floats, and a NaN
+    passes every range comparison)."""
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
         value = getattr(obj, f.name)
+        key = f"{section}.{f.name}" if section else f.name
         if choices is not None and value not in choices:
-            key = f"{section}.{f.name}" if section else f.name
             raise ConfigError(key, f"{value!r} is not one of {', '.join(choices)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(key, f"{value!r} is not a finite number")
 
 
 def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None,
                  *, lo_open: bool = False) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(key, f"{value!r} is not a finite number")
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise ConfigError(key, f"{value!r} must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and value > hi:
@@ -181,6 +188,7 @@ class TrainingConfig:
         _check_range("training.save_total_limit", self.save_total_limit, 1)
         _check_range("training.logging_steps", self.logging_steps, 1)
         _check_range("training.sample_max_new_tokens", self.sample_max_new_tokens, 1)
+        _check_range("training.seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
 
 
 @dataclass
@@ -278,8 +286,19 @@ def _build(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
         if key not in names:
             near = ", ".join(sorted(names))
             raise ConfigError(f"{prefix}{key}", "is not a known key", f"known keys here: {near}")
-    kwargs = {k: _coerce(f"{prefix}{k}", v, hints[k]) for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {k: _coerce(f"{prefix}{k}", _on_off(v, fields[k]), hints[k])
+              for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _on_off(value: Any, f: dataclasses.Field[Any]) -> Any:
+    """YAML 1.1 reads an unquoted on/off (and yes/no) as true/false: for a choice that
+    offers "on" and "off" (such as dataset.packing) take the boolean as the word."""
+    choices = f.metadata.get("choices") or ()
+    if isinstance(value, bool) and "on" in choices and "off" in choices:
+        return "on" if value else "off"
+    return value
 
 
 def job_from_dict(data: dict[str, Any]) -> JobConfig:
@@ -296,6 +315,14 @@ def load_job(path: str | Path) -> JobConfig:
         raise UserError(f"job file {p} does not exist", "check the path", code="bad_job")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"job file {p} is not UTF-8 text (byte {exc.start}: "
+                        f"{exc.object[exc.start:exc.start + 1]!r})",
+                        "save it as UTF-8 (most editors offer it under 'Save with encoding')",
+                        code="bad_job") from None
+    except OSError as exc:
+        raise UserError(f"job file {p} cannot be read: {exc.strerror or exc}",
+                        "check its permissions", code="bad_job") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

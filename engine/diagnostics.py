@@ -11,7 +11,10 @@ The engine itself reports the hard failures (``Error(code="non_finite_loss")`` s
 without writing a checkpoint; ``Error(code="cuda_oom")``). :class:`Diagnostics` adds the soft
 ones, which only a trend over many events reveals:
 
-- ``divergence``: the training loss jumps above ``DIVERGENCE_FACTOR`` × its moving median;
+- ``divergence``: the training loss jumps above ``DIVERGENCE_FACTOR`` × its moving median, or
+  climbs: the median of the last ``CLIMB_WINDOW`` losses is above where the run started and
+  ``CLIMB_FACTOR`` × the lowest such median so far (a steady climb drags a moving median along,
+  so the jump rule alone never fires);
 - ``overfitting``: the eval loss rises for ``OVERFIT_EVALS`` evaluations in a row while the
   training loss falls -- stop and keep the best checkpoint.
 
@@ -38,6 +41,8 @@ DIVERGENCE_FACTOR = 3.0  # loss above this many times its moving median
 DIVERGENCE_WINDOW = 20  # steps in the moving median
 DIVERGENCE_MIN_STEPS = 5  # a median of fewer steps is noise
 OVERFIT_EVALS = 3  # consecutive eval-loss rises
+CLIMB_WINDOW = 5  # steps in the short median of the climb rule
+CLIMB_FACTOR = 2.0  # short median above this many times its lowest value so far
 
 ADVICE = {
     "non_finite_loss": "No checkpoint of the broken weights was saved. Lower the learning rate "
@@ -66,6 +71,11 @@ class Diagnostics:
         self._since_eval: list[float] = []
         self._diverging = False
         self._overfit_warned = False
+        self._recent: deque[float] = deque(maxlen=CLIMB_WINDOW)
+        self._start_median: float | None = None
+        self._lowest_median = math.inf
+        self._climb_warned = False
+        self._engine_warns = False  # the run's engine reports these warnings itself
 
     @property
     def best_eval(self) -> tuple[int, float] | None:
@@ -74,8 +84,12 @@ class Diagnostics:
         return min(finite, key=lambda e: e[1]) if finite else None
 
     def feed(self, event: ev.Event) -> list[ev.Warning]:
-        if isinstance(event, ev.RunStarted) and not self._losses:
-            self._evals.clear()
+        if isinstance(event, ev.RunStarted):
+            self._engine_warns = event.diagnostics
+            if not self._losses:
+                self._evals.clear()
+        if self._engine_warns:
+            return []  # its warning events are in the stream already: no second copy
         if isinstance(event, ev.Step):
             return self._on_step(event)
         if isinstance(event, ev.Eval):
@@ -97,6 +111,7 @@ class Diagnostics:
             median = statistics.median(self._losses)
             above = median > 0 and loss > self.factor * median
             if above and not self._diverging:
+                self._climb_warned = True  # one story: the climb rule need not say it again
                 out.append(ev.Warning(
                     code="divergence", time=step.time,
                     message=f"step {step.step}: loss {loss:.4g} is {loss / median:.1f}× its "
@@ -104,7 +119,24 @@ class Diagnostics:
             self._diverging = above
         if not self._diverging:
             self._losses.append(loss)  # a spike does not drag the median up
-        return out
+        return out + self._climb(step)
+
+    def _climb(self, step: ev.Step) -> list[ev.Warning]:
+        self._recent.append(step.loss)
+        if len(self._recent) < CLIMB_WINDOW or self._climb_warned or self._diverging:
+            return []
+        median = statistics.median(self._recent)
+        if self._start_median is None:
+            self._start_median = median
+        self._lowest_median = min(self._lowest_median, median)
+        if not (median > self._start_median and median > CLIMB_FACTOR * self._lowest_median):
+            return []
+        self._climb_warned = True
+        return [ev.Warning(
+            code="divergence", time=step.time,
+            message=f"step {step.step}: the loss has climbed to {median:.4g} (median of the "
+                    f"last {CLIMB_WINDOW} steps) from {self._lowest_median:.4g}, above where "
+                    f"the run started ({self._start_median:.4g}) — the run is diverging")]
 
     # -- overfitting ---------------------------------------------------------------------------
 
@@ -131,6 +163,20 @@ class Diagnostics:
             code="overfitting", time=e.time,
             message=f"eval loss rose {n} evaluations in a row ({evals[0]:.4g} → {evals[-1]:.4g}) "
                     f"while the training loss fell{where}")]
+
+
+def with_diagnostics(emit: ev.EventSink) -> ev.EventSink:
+    """A sink that passes each event on, then the warnings :class:`Diagnostics` derives from
+    it: the engine's own events then carry them, so the CLI shows what the GUI shows."""
+    diag = Diagnostics()
+
+    def sink(event: ev.Event) -> None:
+        emit(event)
+        if not isinstance(event, ev.RunStarted):  # its diagnostics flag is for readers
+            for warning in diag.feed(event):
+                emit(warning)
+
+    return sink
 
 
 # --------------------------------------------------------------------------- actions

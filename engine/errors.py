@@ -20,6 +20,11 @@ class UserError(Exception):
     def __str__(self) -> str:
         return f"{self.message}\n  → {self.advice}" if self.advice else self.message
 
+    @property
+    def full_message(self) -> str:
+        """The message with every detail (a DataError's rows), without the advice."""
+        return self.message
+
 
 class ConfigError(UserError):
     """A job file key with an unknown name or a bad value."""
@@ -37,9 +42,11 @@ class DataError(UserError):
         self.problems = problems or []
 
     def __str__(self) -> str:
+        return f"{self.full_message}\n  → {self.advice}" if self.advice else self.full_message
+
+    @property
+    def full_message(self) -> str:
         lines = [self.message, *(f"  - {p}" for p in self.problems[:50])]
         if len(self.problems) > 50:
             lines.append(f"  … and {len(self.problems) - 50} more")
-        if self.advice:
-            lines.append(f"  → {self.advice}")
         return "\n".join(lines)

@@ -37,6 +37,7 @@ class RunStarted:
     pid: int = 0
     precision: str = ""  # fp32 | bf16 | fp16, as training runs
     precision_reason: str = ""  # why (e.g. "auto: the CPU has native bf16 (...)")
+    diagnostics: bool = False  # the engine emits the trend warnings (engine.diagnostics) itself
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,13 +229,15 @@ class EventWriter:
 
     def __call__(self, event: Event) -> None:
         line = to_json(event) + "\n"
-        self._fh.write(line)
-        self._fh.flush()
-        if self._echo is not None:
-            self._echo.write(line)
-            self._echo.flush()
-        for sink in self._listeners:
-            sink(event)
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+        finally:  # a failed write (a full disk) is still shown, then raised
+            if self._echo is not None:
+                self._echo.write(line)
+                self._echo.flush()
+            for sink in self._listeners:
+                sink(event)
 
     def close(self) -> None:
         self._fh.close()

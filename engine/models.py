@@ -192,9 +192,35 @@ def _convert_gguf(gguf: Path, target: Path, emit: EventSink | None) -> None:
     report(4, "done")
 
 
+def check_model_source(source: str) -> None:
+    """UserError unless ``source`` can name a model: a default, a folder with config.json, an
+    existing .gguf file or a hub id. Reads nothing but the file system: fast, before a run."""
+    source = source.strip()
+    if source in DEFAULT_MODELS:
+        return
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"GGUF file {path} does not exist", "check the path",
+                            code="bad_model")
+        return
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder {path} has no config.json",
+                            "pick the folder that holds config.json and the weights",
+                            code="bad_model")
+        return
+    if path.exists() or not is_hub_id(source):
+        raise UserError(
+            f"model {source!r} is not a built-in default, a model folder, a .gguf file "
+            "or a hub id",
+            f"built-in defaults: {', '.join(DEFAULT_MODELS)}", code="bad_model")
+
+
 def load_model_dir(source: str, emit: EventSink | None = None) -> str:
     """Resolve ``source`` to a local folder (or a hub id) that ``from_pretrained`` takes."""
     source = source.strip()
+    check_model_source(source)
     default = DEFAULT_MODELS.get(source)
     if default is not None:
         folder = _package_folder(default)
@@ -206,24 +232,12 @@ def load_model_dir(source: str, emit: EventSink | None = None) -> str:
         return str(folder / default.file)
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
-        if not path.is_file():
-            raise UserError(f"GGUF file {path} does not exist", "check the path",
-                            code="bad_model")
         target = _converted_folder(path)
         if not (target / "config.json").is_file():
             _convert_gguf(path, target, emit)
         return str(target)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"model folder {path} has no config.json",
-                            "pick the folder that holds config.json and the weights",
-                            code="bad_model")
         return str(path)
-    if path.exists() or not is_hub_id(source):
-        raise UserError(
-            f"model {source!r} is not a built-in default, a model folder, a .gguf file "
-            "or a hub id",
-            f"built-in defaults: {', '.join(DEFAULT_MODELS)}", code="bad_model")
     go_offline_unless_hub_reachable()
     return source  # a hub id: transformers downloads and caches it
 

@@ -22,13 +22,17 @@ enough to call off the GUI thread.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine import events as ev
+from engine.errors import UserError
 
 if TYPE_CHECKING:
     from engine.config import JobConfig
@@ -54,18 +58,115 @@ INTERRUPTED = "interrupted"
 
 
 def create_run_dir(runs_dir: str | Path, name: str) -> Path:
-    """Make a new, empty ``runs_dir/<name>-<timestamp>`` (``-2``, ``-3``... when taken)."""
+    """Make a new, empty ``runs_dir/<name>-<timestamp>`` (``-2``, ``-3``... when taken).
+
+    A ``runs_dir`` that is a file, read-only or on a full disk is a UserError naming it.
+    """
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(runs_dir) / f"{name}-{stamp}"
-    base.parent.mkdir(parents=True, exist_ok=True)
     path, n = base, 1
-    while True:
+    try:
+        if base.parent.exists() and not base.parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder")
+        base.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                path.mkdir()  # exclusive: two runs started in the same second get two folders
+                return path
+            except FileExistsError:
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
+    except OSError as exc:
+        raise folder_error(Path(runs_dir), exc, "output.runs_dir") from None
+
+
+def prepare_run_dir(run_dir: str | Path) -> Path:
+    """The folder ``--run-dir`` names, made when missing; a UserError when it cannot be."""
+    path = Path(run_dir)
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise folder_error(path, exc, "--run-dir") from None
+    return path
+
+
+def folder_error(folder: Path, exc: OSError, what: str) -> UserError:
+    """One message for a folder a run cannot write: a file, read-only, or a full disk."""
+    if exc.errno == errno.ENOSPC:
+        return disk_full(folder)
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, NotADirectoryError | FileExistsError):
+        reason = "it (or a folder above it) is a file, not a folder"
+    elif isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        reason = "it is read-only (no permission to write there)"
+    return UserError(f"{what} {folder}: cannot create a run folder there: {reason}",
+                     "pick a folder you can write to (output.runs_dir in the job, or --run-dir)",
+                     code="bad_output")
+
+
+def disk_full(folder: Path, needed: int = 0) -> UserError:
+    """The "disk full" message: the folder, what is free there, and what is needed."""
+    free = _free_bytes(folder)
+    need = f"; at least {_size(needed)} is needed" if needed else ""
+    return UserError(f"disk full: {folder} has {_size(free)} free{need}",
+                     "free some space on that disk (or pick a folder on another one), then "
+                     "resume the run with --resume", code="disk_full")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An error of a write to a full disk, as Python, torch.save or safetensors reports it."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e).lower() if e is not None else ""
+        # torch.save: "PytorchStreamWriter failed writing file ...: file write failed";
+        # safetensors: "I/O error: No space left on device (os error 28)".
+        if "no space left" in text or "os error 28" in text or "file write failed" in text:
+            return True
+    return False
+
+
+def folder_size(folder: Path | None) -> int:
+    """Bytes of the files under ``folder`` (0 when it is missing)."""
+    if folder is None or not folder.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _free_bytes(folder: Path) -> int:
+    for p in (folder, *folder.parents):
         try:
-            path.mkdir()  # exclusive: two runs started in the same second get two folders
-            return path
-        except FileExistsError:
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
+            return shutil.disk_usage(p).free
+        except OSError:
+            continue
+    return 0
+
+
+def _size(n: float) -> str:
+    unit = "B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            break
+        n /= 1024
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+
+
+def holds_a_run(run_dir: str | Path) -> str:
+    """What a run already left in ``run_dir`` (its result, checkpoints, started events), or
+    ''. A folder with only a job file (the GUI writes one before it starts a run) holds none.
+    """
+    run_dir = Path(run_dir)
+    found = [name + "/" for name in (ADAPTER_DIR, MODEL_DIR) if (run_dir / name).is_dir()]
+    if checkpoints(run_dir, complete=False):
+        found.append(CHECKPOINTS + "/")
+    if any(isinstance(e, ev.RunStarted) for e in run_events(run_dir)):
+        found.append(EVENTS_FILE)
+    return ", ".join(found)
 
 
 def write_job(run_dir: Path, job: JobConfig, *, source: str | Path | None = None) -> None:
@@ -115,10 +216,37 @@ def checkpoints(run_dir: str | Path, *, complete: bool = True) -> list[Path]:
     return sorted(found, key=lambda p: checkpoint_step(p) or 0)
 
 
-def last_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    done = checkpoints(run_dir)
-    return done[-1] if done else None
+def last_checkpoint(run_dir: str | Path, *, finite: bool = False) -> Path | None:
+    """The newest complete checkpoint, or None.
+
+    ``finite=True`` (what resume uses) also reads its weights and passes over a checkpoint
+    with a NaN or infinite tensor, or one whose weights cannot be read: resuming from it would
+    fail again. That reads every weight file, so the cheap form is the default.
+    """
+    for folder in reversed(checkpoints(run_dir)):
+        if not finite or checkpoint_is_finite(folder):
+            return folder
+    return None
+
+
+def checkpoint_is_finite(folder: Path) -> bool:
+    """True when every tensor of the checkpoint's ``*.safetensors`` weights is finite."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return False
+    try:
+        for file in files:
+            with safe_open(str(file), framework="pt") as fh:
+                for key in fh.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    tensor = fh.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        return False
+    except (OSError, SafetensorError):
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- events

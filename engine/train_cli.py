@@ -58,7 +58,8 @@ class ProgressBar:
         elif isinstance(event, ev.Checkpoint):
             self._line(f"checkpoint: {event.path}")
         elif isinstance(event, ev.Warning):
-            self._line(f"warning: {event.message}")
+            self._line(f"warning ({event.code}): {event.message}" if event.code
+                       else f"warning: {event.message}")
         elif isinstance(event, ev.Error):
             self._line(f"error: {event.message}" + (f"\n  → {event.advice}" if event.advice
                                                      else ""))
@@ -115,6 +116,16 @@ def _job_file(arg: str) -> Path:
     return resources.preset(arg) or resources.locate(arg)
 
 
+def _refuse_finished_run(run_dir: Path) -> None:
+    """A new run in a folder that holds one would replace its result and checkpoints."""
+    held = runs.holds_a_run(run_dir) if run_dir.is_dir() else ""
+    if held:
+        raise UserError(f"--run-dir {run_dir} already holds a run ({held}); starting a new one "
+                        "there would replace its result and checkpoints",
+                        "add --resume to continue it, or leave out --run-dir to start a new "
+                        "run folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.cli import quiet_libraries
     from engine.config import load_job
@@ -122,14 +133,20 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     job_file = _job_file(args.job)
     job = load_job(job_file)
-    from engine.training import run_training
+    from engine.training import check_inputs, run_training
 
     if args.resume and not args.run_dir:
         raise UserError("--resume needs --run-dir: the run folder to continue",
                         "pass --run-dir runs/<name>-<timestamp>")
     if args.resume and not Path(args.run_dir).is_dir():
         raise UserError(f"--run-dir {args.run_dir} does not exist", "check the path")
-    run_dir = (Path(args.run_dir) if args.run_dir
+    if not (args.run_dir and Path(args.run_dir).is_dir()):
+        check_inputs(job)  # before a folder is made: a wrong path leaves nothing behind
+    # (in an existing folder, such as the one the GUI prepares, run_training checks the same
+    # paths first thing and records the error in the run's events for the GUI to show)
+    if args.run_dir and not args.resume:
+        _refuse_finished_run(Path(args.run_dir))
+    run_dir = (runs.prepare_run_dir(args.run_dir) if args.run_dir
                else runs.create_run_dir(job.output.runs_dir, job.name))
     (run_dir / runs.STOP_FILE).unlink(missing_ok=True)  # a stale STOP from a previous session
     rank = int(os.environ.get("RANK", "0"))
@@ -137,8 +154,11 @@ def run(args: argparse.Namespace) -> int:
     if args.events_stdout:
         # stdout carries only event lines; anything a library prints goes to stderr.
         sys.stdout = sys.stderr
-    writer = ev.EventWriter(run_dir / runs.EVENTS_FILE,
-                            echo=events_out if args.events_stdout else None)
+    try:
+        writer = ev.EventWriter(run_dir / runs.EVENTS_FILE,
+                                echo=events_out if args.events_stdout else None)
+    except OSError as exc:
+        raise runs.folder_error(run_dir, exc, "--run-dir") from None
     if not args.events_stdout:
         writer.add_listener(ProgressBar(sys.stderr))
     emit: ev.EventSink = writer if rank == 0 else (lambda _event: None)
@@ -150,13 +170,19 @@ def run(args: argparse.Namespace) -> int:
         if args.events_stdout:
             raise  # the dispatcher prints it on stderr; the GUI reads the error event
         return exc.exit_code  # the progress bar has already shown the error event
-    except Exception:
+    except Exception as exc:
         import traceback
 
+        if runs.is_disk_full(exc):  # e.g. the events file itself could not be written
+            print(f"error: {runs.disk_full(run_dir)}", file=sys.stderr)
+            return 2
         with open(run_dir / runs.CRASH_FILE, "w", encoding="utf-8") as fh:
             traceback.print_exc(file=fh)
         print(f"error: the run crashed; details in {run_dir / runs.CRASH_FILE}", file=sys.stderr)
         return 1
     finally:
-        writer.close()
+        try:
+            writer.close()
+        except OSError:
+            pass  # a full disk: the events were shown, the message above says why
     return 0 if result.status in ("completed", "stopped") else 1

@@ -141,8 +141,11 @@ def make_trainer_class() -> type:
         """
 
         on_checkpoint: Callable[[Path, int], None] | None = None
+        # Called (state, control, what) when a step's loss or gradient norm is NaN/inf.
+        on_non_finite: Callable[[Any, Any, str], None] | None = None
         lean_loss = False
         _tokens: TokenCounter | None = None
+        _bad: Any = None  # device flag: a step since the last check was non-finite
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
@@ -163,13 +166,60 @@ def make_trainer_class() -> type:
                 logs.update(self._tokens.take(self.accelerator))
             super().log(logs, start_time)
 
+        def _maybe_log_save_evaluate(self, tr_loss: Any, grad_norm: Any, model: Any,
+                                     *args: Any, **kwargs: Any) -> None:
+            # Every optimizer step passes here with the loss summed since the last log line
+            # and its own gradient norm. Both are folded into a device flag (no sync), read
+            # (one sync) before anything is logged, evaluated or saved: a non-finite step never
+            # reaches a checkpoint or the result, whatever logging_steps is.
+            self._fold_finite(tr_loss, grad_norm)
+            c = self.control
+            due = (c.should_log or c.should_save or c.should_evaluate or c.should_training_stop
+                   or self.state.global_step >= self.state.max_steps)
+            if not (due and bool(self._bad.any())):
+                super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, *args, **kwargs)
+                return
+            c.should_save = c.should_evaluate = False
+            c.should_training_stop = True
+            c.should_log = True  # show the loss that went wrong
+            super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, *args, **kwargs)
+            c.should_save = False
+            loss_bad, grad_bad = (bool(x) for x in self._bad.tolist())
+            what = " and ".join(w for w, b in (("the loss", loss_bad),
+                                               ("the gradient norm", grad_bad)) if b)
+            if self.on_non_finite is not None:
+                self.on_non_finite(self.state, c, what)
+
+        def _fold_finite(self, tr_loss: Any, grad_norm: Any) -> None:
+            import torch
+
+            loss = tr_loss.detach().float().reshape(())
+            grad = torch.as_tensor(0.0 if grad_norm is None else grad_norm, device=loss.device)
+            bad = ~torch.isfinite(torch.stack([loss, grad.float().reshape(())]))
+            self._bad = bad if self._bad is None else self._bad | bad
+
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            if not _trainable_finite(model):  # the last line of defence: never write NaNs
+                self.control.should_training_stop = True
+                if self.on_non_finite is not None:
+                    self.on_non_finite(self.state, self.control, "a trained weight")
+                return
             final_root = Path(self.args.output_dir)
             staging = final_root / ".staging"
             shutil.rmtree(staging, ignore_errors=True)
             self._staging_dir = str(staging)
             try:
                 super()._save_checkpoint(model, trial)
+            except Exception as exc:
+                # The previous checkpoints stay as they were; the partial one goes (on a full
+                # disk it would keep the disk full).
+                written = runs.folder_size(staging)
+                shutil.rmtree(staging, ignore_errors=True)
+                if runs.is_disk_full(exc):
+                    previous = runs.last_checkpoint(final_root.parent)
+                    needed = max(written, runs.folder_size(previous) if previous else 0)
+                    raise runs.disk_full(final_root, needed) from exc
+                raise
             finally:
                 self._staging_dir = None
             name = runs.checkpoint_name(self.state.global_step)
@@ -195,7 +245,25 @@ def make_trainer_class() -> type:
     return AtomicCheckpointTrainer
 
 
+def _trainable_finite(model: Any) -> bool:
+    """True when every trained parameter is finite (one sync for the whole model)."""
+    import torch
+
+    flags = [torch.isfinite(p.detach()).all() for p in model.parameters() if p.requires_grad]
+    return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+
+
 # --------------------------------------------------------------------------- the run
+
+
+def check_inputs(job: JobConfig) -> None:
+    """The job's model and dataset paths exist: checked in milliseconds, before a run folder
+    is made or a model loads (a missing path used to surface only after the model loaded)."""
+    from engine.data import check_dataset_source
+    from engine.models import check_model_source
+
+    check_model_source(job.model.source)
+    check_dataset_source(job.dataset.path)
 
 
 def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
@@ -206,24 +274,46 @@ def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
     ``job_file`` is the file ``job`` was read from; when it is the run's own job file it is
     left as it is (otherwise the resolved job is written there).
     """
+    from engine.diagnostics import with_diagnostics
+
     start = time.perf_counter()
+    emit = with_diagnostics(emit)  # divergence / overfitting warnings, as the GUI shows them
     should_stop = should_stop or (lambda: (run_dir / runs.STOP_FILE).exists())
-    runs.write_job(run_dir, job, source=job_file)
+    trainer: list[Any] = []  # set once built: the step a failure happened at
+    step = lambda: trainer[0].state.global_step if trainer else 0  # noqa: E731
     try:
-        result = _train(job, run_dir, emit, should_stop, resume)
+        try:
+            runs.write_job(run_dir, job, source=job_file)
+            check_inputs(job)
+            result = _train(job, run_dir, emit, should_stop, resume, trainer)
+        except OSError as exc:
+            if runs.is_disk_full(exc):
+                raise runs.disk_full(run_dir) from exc
+            raise
     except UserError as exc:
-        emit(ev.Error(code=exc.code, message=exc.message, advice=exc.advice))
-        emit(ev.RunFinished(status="failed", elapsed_s=round(time.perf_counter() - start, 2)))
+        _report_failure(emit, ev.Error(code=exc.code, message=exc.full_message,
+                                       advice=exc.advice), step(), start)
         raise
     except Exception as exc:
         code, advice = _crash_advice(exc)
-        emit(ev.Error(code=code, message=f"{type(exc).__name__}: {exc}"[:2000], advice=advice))
-        emit(ev.RunFinished(status="failed", elapsed_s=round(time.perf_counter() - start, 2)))
+        _report_failure(emit, ev.Error(code=code, message=f"{type(exc).__name__}: {exc}"[:2000],
+                                       advice=advice), step(), start)
         raise
     emit(ev.RunFinished(status=result.status, step=result.step, final_loss=result.final_loss,
                         output_path=str(result.output_path or ""),
                         elapsed_s=round(time.perf_counter() - start, 2)))
     return result
+
+
+def _report_failure(emit: ev.EventSink, error: ev.Error, step: int, start: float) -> None:
+    """The error and ``run_finished`` events; on a full disk the events file may refuse them
+    (they are still shown), and the error that caused it is the one to raise."""
+    try:
+        emit(error)
+        emit(ev.RunFinished(status="failed", step=step,
+                            elapsed_s=round(time.perf_counter() - start, 2)))
+    except OSError:
+        pass
 
 
 def _crash_advice(exc: Exception) -> tuple[str, str]:
@@ -252,12 +342,20 @@ class _Run:
 
 
 def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Callable[[], bool],
-           resume: bool) -> RunResult:
+           resume: bool, built: list[Any]) -> RunResult:
     """setup → train → save, the torchtune recipe's shape."""
     run = _setup(job, run_dir, emit, should_stop)
-    resume_from = _resume_point(run_dir) if resume else None
+    built.append(run.trainer)
+    resume_from = _resume_point(run_dir, emit) if resume else None
     emit(_run_started(job, run, run_dir))
-    run.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    planned = planned_steps(run.trainer.args, len(run.data.train))
+    if resume_from is not None and (runs.checkpoint_step(resume_from) or 0) >= planned:
+        # Training had finished (the final save failed, e.g. on a full disk): load the last
+        # checkpoint and save the result; the Trainer would take one step past the end.
+        run.trainer._load_from_checkpoint(str(resume_from))
+        run.trainer.state.global_step = runs.checkpoint_step(resume_from) or 0
+    else:
+        run.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return _save(job, run, run_dir, emit)
 
 
@@ -351,6 +449,7 @@ def _setup_trainer(job: JobConfig, args: Any, model: Any, tokenizer: Any, data: 
         data_collator=task.collator if task else Collator(tokenizer.pad_token_id, True),
         compute_metrics=task.compute_metrics if task else None, callbacks=[callback])
     trainer.on_checkpoint = lambda path, step: emit(ev.Checkpoint(step=step, path=str(path)))
+    trainer.on_non_finite = callback.fail_non_finite
     trainer.lean_loss = job.task == "sft" and get_method(job.method.name).packs
     trainer.remove_callback(PrinterCallback)  # our events replace its prints on stdout
     trainer.remove_callback(ProgressCallback)
@@ -373,10 +472,17 @@ def _task_setup(job: JobConfig, spec: Any, tokenizer: Any) -> Any:
     return None
 
 
-def _resume_point(run_dir: Path) -> Path:
-    checkpoint = runs.last_checkpoint(run_dir)
+def _resume_point(run_dir: Path, emit: ev.EventSink) -> Path:
+    """The newest complete checkpoint with finite weights (a NaN one would fail again)."""
+    newest = runs.last_checkpoint(run_dir)
+    checkpoint = runs.last_checkpoint(run_dir, finite=True)
+    if newest is not None and newest != checkpoint:
+        emit(ev.Warning(code="non_finite_checkpoint",
+                        message=f"{newest} holds NaN/inf or unreadable weights; resuming from "
+                                f"{checkpoint or 'nothing'} instead"))
     if checkpoint is None:
-        raise UserError(f"--resume: {run_dir / runs.CHECKPOINTS} holds no complete checkpoint",
+        what = "complete checkpoint with finite weights" if newest else "complete checkpoint"
+        raise UserError(f"--resume: {run_dir / runs.CHECKPOINTS} holds no {what}",
                         "start the run again without --resume", code="no_checkpoint")
     return checkpoint
 
@@ -391,7 +497,8 @@ def _run_started(job: JobConfig, run: _Run, run_dir: Path) -> ev.RunStarted:
         method=job.method.name, trainable_params=trainable, total_params=total,
         quantized_4bit=is_4bit(run.trainer.model), device=run.device,
         max_steps=planned_steps(run.trainer.args, len(run.data.train)), pid=os.getpid(),
-        precision=run.precision.name, precision_reason=run.precision.reason)
+        precision=run.precision.name, precision_reason=run.precision.reason,
+        diagnostics=True)
 
 
 def _add_memory_check(trainer: Any, job: JobConfig, emit: ev.EventSink) -> None:
@@ -428,10 +535,17 @@ def _save_result(spec: Any, model: Any, tokenizer: Any, run_dir: Path,
     partial = run_dir / f".{spec.output_dir}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     emit(ev.Progress(stage="save", current=0, total=1, message=f"saving {target.name}/"))
-    spec.save(model, partial)
-    tokenizer.save_pretrained(partial)
-    if extras is not None:  # e.g. a classifier's label names
-        extras(partial)
+    try:
+        spec.save(model, partial)
+        tokenizer.save_pretrained(partial)
+        if extras is not None:  # e.g. a classifier's label names
+            extras(partial)
+    except Exception as exc:
+        written = runs.folder_size(partial)
+        shutil.rmtree(partial, ignore_errors=True)  # a previous result stays as it was
+        if runs.is_disk_full(exc):
+            raise runs.disk_full(run_dir, written) from exc
+        raise
     if target.exists():
         shutil.rmtree(target)
     os.replace(partial, target)

@@ -39,6 +39,8 @@ def test_help_lists_the_verbs() -> None:
     ("name: x\ntraining:\n  batch_size: -3\n", ["training.batch_size", "-3"]),
     ("name: x\nmethod:\n  nme: lora\n", ["method.nme", "not a known key"]),
     ("name: x\ndataset: {path: [1\n", ["not valid YAML", "line"]),
+    ("name: x\ntraining:\n  learning_rate: .nan\n", ["training.learning_rate", "finite"]),
+    ("name: x\ntraining:\n  seed: -7\n", ["training.seed", "-7"]),
 ])
 def test_bad_job_files_exit_2(tmp_path: Path, content: str, needles: list[str]) -> None:
     job = tmp_path / "job.yaml"
@@ -46,16 +48,122 @@ def test_bad_job_files_exit_2(tmp_path: Path, content: str, needles: list[str]) 
     _one_clear_message(engine("train", str(job)), str(job), *needles)
 
 
-def test_missing_job_and_missing_dataset_exit_2(tmp_path: Path) -> None:
+def test_a_job_file_that_is_not_utf8_exits_2(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_bytes(b"name: caf\xe9\ntraining:\n  max_steps: 2\n")  # Latin-1, not UTF-8
+    _one_clear_message(engine("train", str(job)), str(job), "not UTF-8")
+
+
+def test_missing_job_and_missing_dataset_exit_2(tmp_path: Path, chat_jsonl: Path) -> None:
+    import time
+
     _one_clear_message(engine("train", str(tmp_path / "nope.yaml")), "does not exist")
     job = tmp_path / "job.yaml"
-    job.write_text(f"name: x\nmodel: {{source: smollm2-135m-instruct}}\n"
-                   f"dataset: {{path: {tmp_path / 'missing.jsonl'}}}\n"
-                   f"output: {{runs_dir: {tmp_path / 'runs'}}}\n")
-    proc = engine("train", str(job))
-    _one_clear_message(proc, "missing.jsonl", "does not exist")
-    events = list((tmp_path / "runs").glob("*/events.jsonl"))
-    assert events and '"run_finished"' in events[0].read_text()  # the failure is recorded
+    for source, data, needle in [("smollm2-135m-instruct", tmp_path / "missing.jsonl",
+                                  "missing.jsonl"),
+                                 (tmp_path / "no-model", chat_jsonl, "no-model"),
+                                 (tmp_path / "gone.gguf", chat_jsonl, "gone.gguf")]:
+        job.write_text(f"name: x\nmodel: {{source: {source}}}\n"
+                       f"dataset: {{path: {data}}}\n"
+                       f"output: {{runs_dir: {tmp_path / 'runs'}}}\n")
+        start = time.monotonic()
+        proc = engine("train", str(job))
+        _one_clear_message(proc, needle)
+        # Checked before anything loads or any folder is made: nothing is left behind.
+        assert time.monotonic() - start < 6, "the path check waited for a model load"
+        assert not (tmp_path / "runs").exists()
+
+
+def test_a_runs_dir_that_is_a_file_exits_2(tmp_path: Path, chat_jsonl: Path,
+                                           tiny_llama_dir: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    runs_dir.write_text("not a folder")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: x\nmodel: {{source: {tiny_llama_dir}}}\n"
+                   f"dataset: {{path: {chat_jsonl}}}\noutput: {{runs_dir: {runs_dir}}}\n")
+    _one_clear_message(engine("train", str(job)), str(runs_dir), "not a folder")
+    _one_clear_message(engine("train", str(job), "--run-dir", str(runs_dir / "r")),
+                       str(runs_dir), "not a folder")
+
+
+def test_a_read_only_runs_dir_is_one_message(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """mkdir fails as in a read-only folder (the tests run as root, who may write anywhere)."""
+    import errno
+
+    from engine import runs
+    from engine.errors import UserError
+
+    runs_dir, real = tmp_path / "runs", Path.mkdir
+
+    def refuse(self: Path, *args, **kwargs) -> None:
+        if self == runs_dir or runs_dir in self.parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    for call in (lambda: runs.create_run_dir(runs_dir, "x"),
+                 lambda: runs.prepare_run_dir(runs_dir / "r")):
+        with pytest.raises(UserError, match="read-only") as info:
+            call()
+        assert str(runs_dir) in info.value.message and info.value.exit_code == 2
+
+
+def test_run_dir_of_an_existing_run_needs_resume(tmp_path: Path, chat_jsonl: Path,
+                                                 tiny_llama_dir: Path) -> None:
+    from engine import events as ev
+    from engine import runs
+
+    run_dir = tmp_path / "old-run"
+    (run_dir / runs.ADAPTER_DIR).mkdir(parents=True)
+    (run_dir / runs.ADAPTER_DIR / "adapter_model.safetensors").write_text("weights")
+    (run_dir / runs.CHECKPOINTS / runs.checkpoint_name(4)).mkdir(parents=True)
+    (run_dir / runs.EVENTS_FILE).write_text(ev.to_json(ev.RunStarted(pid=1)) + "\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: x\nmodel: {{source: {tiny_llama_dir}}}\n"
+                   f"dataset: {{path: {chat_jsonl}}}\n")
+    _one_clear_message(engine("train", str(job), "--run-dir", str(run_dir)), str(run_dir),
+                       "--resume")
+    assert (run_dir / runs.ADAPTER_DIR / "adapter_model.safetensors").read_text() == "weights"
+    assert runs.checkpoints(run_dir, complete=False)
+    assert runs.holds_a_run(tmp_path / "fresh") == ""
+
+
+def _turns(*roles: str) -> dict:
+    return {"messages": [{"role": r, "content": f"{r} says hi"} for r in roles]}
+
+
+BAD_DATASETS = {  # name: (file name, content, what the message must say)
+    "single object": ("one.json", json.dumps(_turns("user", "assistant")),
+                      ["one.json", "single JSON object", "list"]),
+    "assistant first": ("chat.jsonl", "\n".join(json.dumps(r) for r in [
+        _turns("user", "assistant"), _turns("assistant", "user", "assistant")]),
+        ["chat.jsonl line 2", "turn 0", "starts with the user"]),
+    "no alternation": ("share.jsonl", "\n".join(json.dumps(r) for r in [
+        {"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"},
+                           {"from": "gpt", "value": "c"}]}]),
+        ["share.jsonl line 1", "turns 0 and 1", "take turns"]),
+    "one class": ("labels.csv", "text,label\ngood,pos\nfine,pos\nnice,pos\n",
+                  ["labels.csv", "'pos'", "two classes"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATASETS))
+def test_bad_datasets_exit_2_from_data_and_train(tmp_path: Path, tiny_llama_dir: Path,
+                                                 case: str) -> None:
+    name, content, needles = BAD_DATASETS[case]
+    data = tmp_path / name
+    data.write_text(content + "\n")
+    task = "classify" if case == "one class" else "sft"
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: x\ntask: {task}\nmodel: {{source: {tiny_llama_dir}}}\n"
+                   f"dataset: {{path: {data}}}\noutput: {{runs_dir: {tmp_path / 'runs'}}}\n")
+    for proc in (engine("data", str(data), "--task", task), engine("train", str(job))):
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2, out
+        assert "Traceback" not in out
+        for needle in needles:
+            assert needle in out, out
 
 
 def test_data_verb_reports_problems_with_rows(tmp_path: Path) -> None:

@@ -48,6 +48,56 @@ def test_bad_keys_and_values_name_the_key(data: dict, key: str) -> None:
     assert key in str(info.value)
 
 
+def _float_fields() -> list[str]:
+    import dataclasses
+    import typing
+
+    from engine.config import JobConfig
+
+    out = []
+    for top in dataclasses.fields(JobConfig):
+        if dataclasses.is_dataclass(top.default_factory):  # type: ignore[arg-type]
+            hints = typing.get_type_hints(top.default_factory)
+            out += [f"{top.name}.{f.name}" for f in dataclasses.fields(top.default_factory)
+                    if hints[f.name] is float]
+    return out
+
+
+@pytest.mark.parametrize("key", _float_fields())
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_every_float_key_rejects_non_finite_values(tmp_path: Path, key: str, value: str) -> None:
+    """A NaN passes every range comparison; YAML reads .nan/.inf as floats."""
+    section, name = key.split(".")
+    path = tmp_path / "job.yaml"
+    path.write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_job(path)
+    assert info.value.key == key and "finite" in info.value.message
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"training": {"learning_rate": float("nan")}}, "training.learning_rate"),
+    ({"training": {"warmup_ratio": float("nan")}}, "training.warmup_ratio"),
+    ({"training": {"epochs": float("inf")}}, "training.epochs"),
+    ({"training": {"seed": -7}}, "training.seed"),
+    ({"training": {"seed": 2**32}}, "training.seed"),
+    ({"method": {"alpha": float("nan")}}, "method.alpha"),
+    ({"dataset": {"eval_split": float("nan")}}, "dataset.eval_split"),
+])
+def test_values_that_used_to_crash_later_are_rejected(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        job_from_dict(data)
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize(("text", "value"), [("off", "off"), ("on", "on"), ("false", "off"),
+                                             ("yes", "on"), ("auto", "auto")])
+def test_on_off_choices_take_yaml_booleans(tmp_path: Path, text: str, value: str) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(f"dataset:\n  packing: {text}\n")  # unquoted: YAML reads off as False
+    assert load_job(path).dataset.packing == value
+
+
 def test_load_job_reports_yaml_errors_with_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ntraining:\n  batch_size: [1\n")

@@ -69,6 +69,16 @@ def test_txt_and_folders(tmp_path: Path) -> None:
     assert rows[1].where == "a.txt line 4"
 
 
+def test_a_wrapper_object_is_read_but_a_single_row_object_is_not(tmp_path: Path) -> None:
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps({"version": "1", "data": ROWS["alpaca"]}))
+    assert len(read_rows(str(path))) == 2
+    path.write_text(json.dumps(ROWS["messages"][0]))
+    with pytest.raises(DataError) as info:
+        read_rows(str(path))
+    assert "single JSON object" in info.value.problems[0]
+
+
 def test_broken_json_lines_are_all_reported(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{broken\n{"text": "ok"}\n[1, 2]\n')

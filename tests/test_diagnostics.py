@@ -45,6 +45,39 @@ def test_divergence_needs_enough_history_and_rearms_after_recovery() -> None:
     assert [w.code for w in diag.feed_all(_steps(losses))] == ["divergence", "divergence"]
 
 
+def test_a_steady_climb_is_divergence_too() -> None:
+    """Loss 6 → 42 a little each step (lr 1.0, no clipping): the moving median follows the
+    climb, so the jump rule never fires; the climb rule does, once."""
+    climb = [6.0 + 36.0 * i / 39 for i in range(40)]
+    warnings = Diagnostics().feed_all(_steps(climb))
+    assert [w.code for w in warnings] == ["divergence"]
+    assert "climbed" in warnings[0].message
+    noisy_but_learning = [3.0, 3.4, 2.6, 3.1, 2.9] + [1.0 + 0.5 * (i % 3) for i in range(60)]
+    assert Diagnostics().feed_all(_steps(noisy_but_learning)) == []
+
+
+def test_the_engine_reports_divergence_on_the_cli_and_the_gui_does_not_repeat_it() -> None:
+    import io
+
+    from engine.diagnostics import with_diagnostics
+    from engine.train_cli import ProgressBar
+
+    stream = io.StringIO()
+    events: list[ev.Event] = []
+    bar = ProgressBar(stream)
+    sink = with_diagnostics(lambda e: (events.append(e), bar(e)))
+    sink(ev.RunStarted(diagnostics=True, max_steps=40))
+    for step in _steps([6.0 + 36.0 * i / 39 for i in range(40)]):
+        sink(step)
+    warnings = [e for e in events if isinstance(e, ev.Warning)]
+    assert [w.code for w in warnings] == ["divergence"]
+    assert "warning (divergence): " in stream.getvalue()
+    # A reader of these events (the GUI) takes the engine's warnings and adds none of its own.
+    assert Diagnostics().feed_all(events) == []
+    assert Diagnostics().feed_all(e for e in events if not isinstance(e, ev.Warning)
+                                  and not isinstance(e, ev.RunStarted))  # an older engine's run
+
+
 def test_non_finite_loss_is_left_to_the_engine() -> None:
     diag = Diagnostics()
     assert diag.feed_all(_steps([1.0] * 6 + [float("nan"), float("inf")])) == []

@@ -53,6 +53,29 @@ def test_an_incomplete_checkpoint_is_ignored(tmp_path: Path) -> None:
     assert runs.checkpoint_step(tmp_path / "checkpoint-x") is None
 
 
+def test_resume_never_picks_a_checkpoint_with_non_finite_weights(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.training import _resume_point
+
+    good, nan = _checkpoint(tmp_path, 2), _checkpoint(tmp_path, 4)
+    save_file({"w": torch.ones(3)}, str(good / "adapter_model.safetensors"))
+    save_file({"w": torch.tensor([1.0, float("nan")])}, str(nan / "adapter_model.safetensors"))
+    assert runs.last_checkpoint(tmp_path) == nan  # the cheap form only looks at the files
+    assert runs.last_checkpoint(tmp_path, finite=True) == good
+    warnings: list = []
+    assert _resume_point(tmp_path, warnings.append) == good
+    assert [w.code for w in warnings] == ["non_finite_checkpoint"]
+    save_file({"w": torch.tensor([float("inf")])}, str(good / "adapter_model.safetensors"))
+    import pytest
+
+    from engine.errors import UserError
+
+    with pytest.raises(UserError, match="finite weights"):
+        _resume_point(tmp_path, warnings.append)
+
+
 def test_scan_summarises_each_run_newest_first(tmp_path: Path) -> None:
     job = {"model": {"source": "tiny"}}
     now = time.time()

@@ -124,31 +124,53 @@ def test_resume_without_checkpoint_is_a_user_error(tiny_llama_dir: Path, chat_js
     assert _types(events)[-2:] == ["error", "run_finished"]
 
 
-def test_non_finite_loss_stops_without_a_checkpoint(tiny_llama_dir: Path, chat_jsonl: Path,
-                                                    tmp_path: Path) -> None:
+def _broken_model(tiny_llama_dir: Path, folder: Path) -> Path:
+    """A model whose weights overflow float32 (as a corrupt or badly merged checkpoint does)."""
     import shutil
 
     import torch
     from transformers import AutoModelForCausalLM
 
-    # A model whose weights overflow float32 (as a corrupt or badly merged checkpoint does).
-    broken = tmp_path / "broken"
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(1e38)
-    model.save_pretrained(broken)
+    model.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(tiny_llama_dir / name, broken / name)
+        shutil.copy(tiny_llama_dir / name, folder / name)
+    return folder
 
+
+def test_non_finite_loss_stops_without_a_checkpoint(tiny_llama_dir: Path, chat_jsonl: Path,
+                                                    tmp_path: Path) -> None:
+    broken = _broken_model(tiny_llama_dir, tmp_path / "broken")
     events: list = []
     job = make_job(broken, chat_jsonl, tmp_path, save_steps=1)
     result = run_training(job, run_dir=tmp_path / "run", emit=events.append)
     assert result.status == "failed" and events[-1].status == "failed"
     errors = [e for e in events if isinstance(e, ev.Error)]
     assert errors and errors[0].code == "non_finite_loss" and "learning_rate" in errors[0].advice
-    bad_step = next(e.step for e in events if isinstance(e, ev.Step) and not math.isfinite(e.loss))
+    # The first step with a NaN loss or gradient norm (here the norm, at step 1: its update
+    # made every weight NaN while the step's own loss was still finite).
+    bad_step = next(e.step for e in events if isinstance(e, ev.Step)
+                    and not (math.isfinite(e.loss) and math.isfinite(e.grad_norm)))
     saved = [e.step for e in events if isinstance(e, ev.Checkpoint)]
     assert all(step < bad_step for step in saved)  # no checkpoint of broken weights
+
+
+def test_a_non_finite_step_is_never_checkpointed_whatever_logging_steps(
+        tiny_llama_dir: Path, chat_jsonl: Path, tmp_path: Path) -> None:
+    """The guard reads every step's loss and gradient norm, not only the logged ones."""
+    broken = _broken_model(tiny_llama_dir, tmp_path / "broken")
+    events: list = []
+    run_dir = tmp_path / "run"
+    job = make_job(broken, chat_jsonl, tmp_path, max_steps=4, save_steps=1, logging_steps=5)
+    result = run_training(job, run_dir=run_dir, emit=events.append)
+    assert result.status == "failed" and result.output_path is None
+    assert [e.code for e in events if isinstance(e, ev.Error)] == ["non_finite_loss"]
+    assert not [e for e in events if isinstance(e, ev.Checkpoint)]
+    assert runs.checkpoints(run_dir, complete=False) == []
+    assert not (run_dir / "adapter").exists()
+    assert result.step == 1  # stopped at the first bad step, not at the next log line
 
 
 def test_warmup_ratio_one_warms_up_over_every_step(tiny_llama_dir: Path, chat_jsonl: Path,
@@ -173,3 +195,93 @@ def test_warmup_ratio_one_warms_up_over_every_step(tiny_llama_dir: Path, chat_js
                               False, train_sequences=9)
     assert planned_steps(args, 9) == 4  # ceil(9 / (4 × 2)) = 2 steps an epoch, 2 epochs
     assert args.get_warmup_steps(4) == 2
+
+
+# --------------------------------------------------------------------------- a full disk
+
+TORCH_DISK_FULL = ("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
+                   "writing file data/0: file write failed")
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(
+        tiny_llama_dir: Path, chat_jsonl: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from engine.errors import UserError
+
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):  # torch.save on a full disk, for the second checkpoint
+        if "checkpoint-4" in str(f):
+            Path(f).write_bytes(b"partial")
+            raise RuntimeError(TORCH_DISK_FULL)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    run_dir, events = tmp_path / "run", []
+    job = make_job(tiny_llama_dir, chat_jsonl, tmp_path, max_steps=6, save_steps=2)
+    with pytest.raises(UserError, match="disk full") as info:
+        run_training(job, run_dir=run_dir, emit=events.append)
+    assert str(run_dir / runs.CHECKPOINTS) in info.value.message and "needed" in info.value.message
+    assert [p.name for p in runs.checkpoints(run_dir, complete=False)] == ["checkpoint-2"]
+    assert runs.checkpoint_is_finite(runs.last_checkpoint(run_dir))
+    assert not (run_dir / runs.CHECKPOINTS / ".staging").exists()
+    assert [e.code for e in events if isinstance(e, ev.Error)] == ["disk_full"]
+    assert events[-1].status == "failed" and events[-1].step == 4
+
+
+def test_disk_full_at_the_final_save_then_resume_does_not_train_past_the_end(
+        tiny_llama_dir: Path, chat_jsonl: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from peft import PeftModel
+
+    from engine.errors import UserError
+
+    real = PeftModel.save_pretrained
+
+    def save_pretrained(self, folder, *args, **kwargs):
+        if ".adapter.partial" in str(folder):  # the final save, not the checkpoint's
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "adapter_model.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", save_pretrained)
+    run_dir, events = tmp_path / "run", []
+    job = make_job(tiny_llama_dir, chat_jsonl, tmp_path, max_steps=2, save_steps=2)
+    with pytest.raises(UserError, match="disk full"):
+        run_training(job, run_dir=run_dir, emit=events.append)
+    assert events[-1].status == "failed" and events[-1].step == 2
+    assert not (run_dir / ".adapter.partial").exists() and not (run_dir / "adapter").exists()
+    assert runs.last_checkpoint(run_dir).name == "checkpoint-2"
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", real)  # space freed
+    resumed: list = []
+    result = run_training(job, run_dir=run_dir, emit=resumed.append, resume=True)
+    assert result.status == "completed" and result.step == 2
+    assert not [e for e in resumed if isinstance(e, ev.Step)]  # nothing past max_steps
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_disk_full_at_start_says_so(tiny_llama_dir: Path, chat_jsonl: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    from engine.cli import main
+    from engine.config import save_job
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "write_job", full)
+    job_file, run_dir = tmp_path / "job.yaml", tmp_path / "run"
+    save_job(make_job(tiny_llama_dir, chat_jsonl, tmp_path), job_file)
+    assert main(["train", str(job_file), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "disk full" in err and str(run_dir) in err and "Traceback" not in err
+    codes = [e.code for e in runs.run_events(run_dir) if isinstance(e, ev.Error)]
+    assert codes == ["disk_full"]

@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from engine import resources
-from engine.data._formats import EXPECTED, Sample, detect_format, to_samples
-from engine.data._readers import Row, dataset_files, is_hub_dataset_id, read_rows
+from engine.data._formats import EXPECTED, Sample, detect_format, single_class, to_samples
+from engine.data._readers import (
+    Row,
+    check_dataset_source,
+    dataset_files,
+    is_hub_dataset_id,
+    read_rows,
+)
 from engine.data._tokenize import (
     IGNORE,
     encode_all,
@@ -29,6 +35,7 @@ __all__ = [
     "PreparedData",
     "Row",
     "Sample",
+    "check_dataset_source",
     "detect_format",
     "inspect_dataset",
     "is_hub_dataset_id",
@@ -65,7 +72,14 @@ def load_samples(path: str, fmt: str = "auto", *, split: str = "train", text_col
         raise DataError(f"dataset {path}: {len(problems)} of {len(rows)} rows do not fit the "
                         f"{how} format {fmt}", problems,
                         "fix those rows, or set dataset.format if the detection is wrong")
+    one = single_class(samples) if task == "classify" else None
+    if one:
+        raise DataError(f"dataset {path}: only one class", [one], ONE_CLASS_ADVICE)
     return samples, fmt, detected
+
+
+ONE_CLASS_ADVICE = ("add rows of another class, or set dataset.label_column if that is the "
+                    "wrong column")
 
 
 def split_samples(samples: list[Any], eval_split: float, seed: int) -> tuple[list[Any],
@@ -205,6 +219,9 @@ def inspect_dataset(path: str, *, format: str = "auto", model_source: str | None
     if fmt == "classification":
         for s in samples:
             report.labels[s.label or ""] = report.labels.get(s.label or "", 0) + 1
+        one = None if problems else single_class(samples)
+        if one:
+            report.problems.append(f"{one}: {ONE_CLASS_ADVICE}")
     if model_source is None or not samples:
         return report
     from engine.models import load_tokenizer

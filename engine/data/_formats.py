@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from engine.data._readers import Row
@@ -97,7 +98,28 @@ def _conversation(where: str, turns: Any, role_key: str, text_key: str,
         out.append({"role": role, "content": content})
     if not any(t["role"] == "assistant" and t["content"].strip() for t in out):
         return None, "has no assistant answer to learn from"
-    return out, None
+    err = _turn_order(out)
+    return (None, err) if err else (out, None)
+
+
+def _turn_order(turns: list[dict[str, str]]) -> str | None:
+    """Chat templates (and the masking) need system turns first, then user and assistant
+    in turn, starting with the user."""
+    body = turns
+    while body and body[0]["role"] == "system":
+        body = body[1:]
+    first = len(turns) - len(body)
+    if body and body[0]["role"] != "user":
+        return (f"turn {first} is from the {body[0]['role']}: a conversation starts with the "
+                "user (after optional system turns); drop that turn or add the user's before it")
+    for i, (prev, turn) in enumerate(pairwise(body), first + 1):
+        if turn["role"] == "system":
+            return (f"turn {i} is a system turn in the middle: system turns come first; "
+                    "move it to the start")
+        if turn["role"] == prev["role"]:
+            return (f"turns {i - 1} and {i} are both from the {turn['role']}: "
+                    "user and assistant must take turns; merge them into one turn")
+    return None
 
 
 def _to_sample(row: Row, fmt: str, text_column: str, label_column: str,
@@ -157,3 +179,13 @@ def to_samples(rows: list[Row], fmt: str, *, text_column: str = "", label_column
         elif sample is not None:
             samples.append(sample)
     return samples, problems
+
+
+def single_class(samples: list[Sample]) -> str | None:
+    """The problem of classification samples that all share one label (nothing to tell
+    apart), or None."""
+    labels = {s.label for s in samples}
+    if len(samples) < 1 or len(labels) != 1:
+        return None
+    return (f"{samples[0].where} to {samples[-1].where}: every row has the label "
+            f"{next(iter(labels))!r}; a classifier needs at least two classes")

@@ -15,6 +15,9 @@ from engine import resources
 from engine.errors import DataError, UserError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
+# Keys of a row itself (each format's own): an object with one is a row, not a wrapper of rows.
+ROW_KEYS = ("messages", "conversations", "instruction", "output", "prompt", "completion",
+            "text")
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,18 @@ def _read_json(path: Path) -> tuple[list[Row], list[str]]:
         return [], [f"{path.name} line {exc.lineno}: not valid JSON ({exc.msg} at column "
                     f"{exc.colno})"]
     if isinstance(value, dict):
-        lists = [v for v in value.values() if isinstance(v, list)]
-        value = lists[0] if len(lists) == 1 else [value]
+        # {"data": [{...}, ...]}: one list of rows under a wrapper key is read as the rows.
+        wrapped = [k for k, v in value.items() if isinstance(v, list) and v
+                   and all(isinstance(x, dict) for x in v)]
+        if len(wrapped) != 1 or any(k in ROW_KEYS for k in value):
+            keys = ", ".join(list(value)[:8]) or "none"
+            return [], [f"{path.name}: holds a single JSON object (keys: {keys}), not a list of "
+                        "rows; write the rows as a list [{...}, {...}] or as JSONL, one object "
+                        "a line"]
+        value = value[wrapped[0]]
     if not isinstance(value, list):
-        return [], [f"{path.name}: expected a list of JSON objects"]
+        return [], [f"{path.name}: expected a list of JSON objects, got "
+                    f"{type(value).__name__}"]
     rows, problems = [], []
     for i, item in enumerate(value):
         if isinstance(item, dict):
@@ -152,16 +163,25 @@ def is_hub_dataset_id(source: str) -> bool:
             and path.suffix.lower() not in SUFFIXES)
 
 
-def read_rows(source: str, split: str = "train") -> list[Row]:
-    """All rows of a file, folder or hub dataset; raises DataError listing unreadable rows."""
+def check_dataset_source(source: str) -> None:
+    """UserError unless ``source`` is an existing file or folder of a readable type, or a hub
+    id. Reads no rows: fast, so a run can check it before it creates its folder."""
     if not source:
         raise UserError("dataset.path is empty", "pick a dataset file or folder",
                         code="bad_data")
     path = resources.locate(source)  # resources/datasets/... is found from any folder
-    if not path.exists():
-        if is_hub_dataset_id(source):
-            return _read_hub(source, split)
+    if path.exists():
+        dataset_files(path)
+    elif not is_hub_dataset_id(source):
         raise UserError(f"dataset {source} does not exist", "check the path", code="bad_data")
+
+
+def read_rows(source: str, split: str = "train") -> list[Row]:
+    """All rows of a file, folder or hub dataset; raises DataError listing unreadable rows."""
+    check_dataset_source(source)
+    path = resources.locate(source)
+    if not path.exists():
+        return _read_hub(source, split)
     rows: list[Row] = []
     problems: list[str] = []
     for file in dataset_files(path):
