@@ -177,9 +177,11 @@ def load_classifier(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any,
     if not result.is_dir():
         raise UserError(f"run {run_dir} has no {spec.output_dir}/ folder (did it finish?)",
                         code="bad_run")
-    tokenizer = AutoTokenizer.from_pretrained(result)
+    trust = {"trust_remote_code": True} if job.model.trust_remote_code else {}
+    tokenizer = AutoTokenizer.from_pretrained(result, **trust)
     if job.method.name == "full":
-        model = AutoModelForSequenceClassification.from_pretrained(result, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(result, dtype=torch.float32,
+                                                                   **trust)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return model.to(device).eval(), tokenizer, labels
     labels = saved_labels(result)

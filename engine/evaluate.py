@@ -61,7 +61,8 @@ def _evaluate_sft(info: Any, emit: ev.EventSink, prompts: list[str] | None,
 
     tokenizer = load_tokenizer(info)
     emit(ev.Progress(stage="evaluate", current=0, total=1, message="reading the held-out data"))
-    config = load_config(info.base_folder(emit))
+    config = load_config(info.base_folder(emit),
+                         trust_remote_code=info.job.model.trust_remote_code)
     data = prepare_sft(info.job, tokenizer, model_type=config.model_type,
                        cache=cache_dir() / "datasets")
     emit(ev.Progress(stage="evaluate", current=0, total=1, message="loading base and tuned"))
@@ -257,6 +258,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _print_progress(event: ev.Event) -> None:
     if isinstance(event, ev.Progress):
         print(f"… {event.message}", file=sys.stderr, flush=True)
+    elif isinstance(event, ev.Warning):
+        print(f"warning: {event.message}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -188,12 +188,51 @@ def to_json(event: Event) -> str:
 
 
 def from_json(line: str | dict[str, Any]) -> Event:
+    """The event of a JSON line or object; ValueError when a known event's field has the
+    wrong type (``"step": "x"``), so that no reader meets a malformed event later."""
     data = json.loads(line) if isinstance(line, str) else line
-    cls = EVENT_TYPES.get(data.get("type", ""))
+    kind = data.get("type", "")
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        return Unknown(type=str(data.get("type", "unknown")), time=data.get("time", 0.0), data=data)
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+        return Unknown(type=str(data.get("type", "unknown")), time=_number(data.get("time")),
+                       data=data)
+    fields = {k: v for k, v in data.items() if k in _field_types(cls)}
+    for name, value in fields.items():
+        if not _fits(value, _field_types(cls)[name]):
+            raise ValueError(f"{kind} event: field {name!r} is {value!r}")
+    return cls(**fields)  # type: ignore[no-any-return]
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+_TYPES: dict[type, dict[str, str]] = {}
+
+
+def _field_types(cls: type) -> dict[str, str]:
+    """Each field's annotation, as written (``from __future__ import annotations``)."""
+    if cls not in _TYPES:
+        _TYPES[cls] = {f.name: str(f.type) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return _TYPES[cls]
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    options = [a.strip() for a in annotation.split("|")]
+    for option in options:
+        if option == "None" and value is None:
+            return True
+        base = option.split("[")[0]
+        if base == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+            return True
+        if base == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        wanted = {"str": str, "bool": bool, "dict": dict, "list": list}.get(base)
+        if wanted is not None and isinstance(value, wanted):
+            return True
+        if base == "Any":
+            return True
+    return False
 
 
 def json_line(line: str) -> dict[str, Any] | None:
@@ -205,13 +244,19 @@ def json_line(line: str) -> dict[str, Any] | None:
         data = json.loads(line)
     except ValueError:
         return None
-    return data if isinstance(data, dict) and "type" in data else None
+    ok = isinstance(data, dict) and isinstance(data.get("type"), str)
+    return data if ok else None
 
 
 def parse_line(text: str) -> Event | None:
-    """The event on a line, or None when the line is not a JSON event (skipped)."""
+    """The event on a line, or None when the line is not a well-formed JSON event (skipped)."""
     data = json_line(text)
-    return None if data is None else from_json(data)
+    if data is None:
+        return None
+    try:
+        return from_json(data)
+    except ValueError:
+        return None
 
 
 class EventWriter:

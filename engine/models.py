@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine import events as ev
 from engine.errors import UserError
 
 if TYPE_CHECKING:
@@ -281,20 +282,44 @@ def _hub_error(source: str, exc: Exception) -> UserError:
         code="model_unreachable")
 
 
-def load_config(source: str) -> Any:
+def remote_code_warning(job: JobConfig) -> ev.Warning | None:
+    """The warning a job with ``model.trust_remote_code`` gets before anything loads."""
+    if not job.model.trust_remote_code:
+        return None
+    return ev.Warning(code="trust_remote_code",
+                      message=f"model.trust_remote_code is on: Python code that ships with "
+                              f"{job.model.source} will run on this machine (config, "
+                              "tokenizer and model loads); only do this for a repository you "
+                              "trust")
+
+
+def load_config(source: str, *, trust_remote_code: bool = False) -> Any:
     """The model's transformers config, without loading any weights."""
     from transformers import AutoConfig
 
     resolved = _config_source(source)
+    trust = {"trust_remote_code": trust_remote_code}  # never None: transformers would prompt
     try:
         if isinstance(resolved, tuple):
-            return AutoConfig.from_pretrained(resolved[0], gguf_file=resolved[1])
-        return AutoConfig.from_pretrained(resolved)
+            return AutoConfig.from_pretrained(resolved[0], gguf_file=resolved[1], **trust)
+        return AutoConfig.from_pretrained(resolved, **trust)
+    except ValueError as exc:
+        raise _remote_code_error(source, exc) from None
     except OSError as exc:
         if Path(str(resolved)).exists():
             raise UserError(f"cannot read the config of {source!r}: {exc}",
                             code="bad_model") from None
         raise _hub_error(source, exc) from None
+
+
+def _remote_code_error(source: str, exc: ValueError) -> Exception:
+    """A model that ships its own code, loaded without ``trust_remote_code``: a user error."""
+    if "trust_remote_code" not in str(exc):
+        return exc
+    return UserError(f"model {source!r} ships its own Python code, which runs only with "
+                     "model.trust_remote_code: true",
+                     "read that code first; set model.trust_remote_code: true in the job file "
+                     "only if you trust the repository", code="remote_code")
 
 
 def _config_source(source: str) -> str | tuple[str, str]:
@@ -312,12 +337,15 @@ def _config_source(source: str) -> str | tuple[str, str]:
     return load_model_dir(source)
 
 
-def load_tokenizer(source: str, emit: EventSink | None = None) -> Any:
+def load_tokenizer(source: str, emit: EventSink | None = None, *,
+                   trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     folder = load_model_dir(source, emit)
     try:
-        tok = AutoTokenizer.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise _remote_code_error(source, exc) from None
     except OSError as exc:
         if Path(folder).exists():
             raise UserError(f"cannot load the tokenizer of {source!r}: {exc}",

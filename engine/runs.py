@@ -11,25 +11,31 @@ runs/<name>-<timestamp>/
   adapter/ or model/    ADAPTER_DIR / MODEL_DIR: the trained result
   evaluation.json       EVALUATION_FILE: written by ``python -m engine evaluate``
   best_checkpoint.json  BEST_FILE: which checkpoint "keep the best" copied into the result
+  run.lock              LOCK_FILE: the training process (pid, start time, run folder)
 ```
 
-A run is *running* when its events have a ``run_started`` with no ``run_finished`` after it
-and the pid in that ``run_started`` is a live process started no later than the event (so a
-recycled pid does not count). A run that neither finished nor runs was *interrupted* (killed,
-machine off): resume it from its last checkpoint. Everything here is plain data and cheap
-enough to call off the GUI thread.
+A training process holds the run's lock file while it lives (:func:`acquire_lock`): a second
+training of the same folder is refused. A run is *running* when its events have a
+``run_started`` with no ``run_finished`` after it and its lock names a live process with the
+start time the lock recorded (a recycled pid, a copied lock or a crafted ``run_started`` does
+not count). Only such a process, whose command line also names the run folder, may be killed
+(:func:`lock_holder` with ``strict``). A run that neither finished nor runs was *interrupted*
+(killed, machine off): resume it from its last checkpoint. Everything here is plain data and
+cheap enough to call off the GUI thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import math
 import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine import events as ev
 from engine.errors import UserError
@@ -49,6 +55,7 @@ ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"  # full fine-tuning
 EVALUATION_FILE = "evaluation.json"
 BEST_FILE = "best_checkpoint.json"
+LOCK_FILE = "run.lock"
 
 RUNNING = "running"
 INTERRUPTED = "interrupted"
@@ -252,22 +259,41 @@ def checkpoint_is_finite(folder: Path) -> bool:
 # --------------------------------------------------------------------------- events
 
 
-def read_events(path: str | Path) -> list[ev.Event]:
-    """Every complete event line of a file (an events file or a console log).
+def read_events(path: str | Path, malformed: list[int] | None = None) -> list[ev.Event]:
+    """Every complete, well-formed event line of a file (an events file or a console log).
 
-    Lines that are not JSON events are skipped, and so is the part after the last newline: the
-    writer may be in the middle of that line. A missing file has no events.
+    Lines that are not JSON events are skipped (a torn write before a resume, a stray print),
+    and so is the part after the last newline: the writer may be in the middle of that line.
+    ``malformed`` gets the (1-based) numbers of the skipped non-empty lines, for a report.
+    A missing file has no events.
     """
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             lines = fh.read().split("\n")[:-1]
     except OSError:
         return []
-    return [e for e in map(ev.parse_line, lines) if e is not None]
+    events = []
+    for number, line in enumerate(lines, 1):
+        event = ev.parse_line(line)
+        if event is not None:
+            events.append(event)
+        elif malformed is not None and line.strip():
+            malformed.append(number)
+    return events
 
 
-def run_events(run_dir: str | Path) -> list[ev.Event]:
-    return read_events(Path(run_dir) / EVENTS_FILE)
+def malformed_warning(path: Path, malformed: list[int]) -> ev.Warning | None:
+    """A ``warning`` event naming the lines of ``path`` that were skipped, or None."""
+    if not malformed:
+        return None
+    shown = ", ".join(map(str, malformed[:5])) + (" …" if len(malformed) > 5 else "")
+    return ev.Warning(code="malformed_events",
+                      message=f"{path}: skipped {len(malformed)} malformed line(s) (line "
+                              f"{shown}); the rest of the run's events were read")
+
+
+def run_events(run_dir: str | Path, malformed: list[int] | None = None) -> list[ev.Event]:
+    return read_events(Path(run_dir) / EVENTS_FILE, malformed)
 
 
 def pid_alive(pid: int, started: float = 0.0) -> bool:
@@ -285,9 +311,118 @@ def pid_alive(pid: int, started: float = 0.0) -> bool:
         return False
 
 
+
+# --------------------------------------------------------------------------- the lock
+
+
+@dataclass(frozen=True)
+class RunLock:
+    """What a run's lock file says: the process training the run and when it started."""
+
+    pid: int
+    started: float  # the process's creation time (psutil), not the time the lock was written
+    run_dir: str  # the run folder, resolved, as the process saw it
+
+
+START_TOLERANCE_S = 0.05  # psutil reads the same start time for the same process
+
+
+def _process_started(pid: int) -> float:
+    import psutil
+
+    return float(psutil.Process(pid).create_time())
+
+
+def read_lock(run_dir: str | Path) -> RunLock | None:
+    """The run's lock, or None when there is none or it is not one (a torn or crafted file)."""
+    try:
+        data = json.loads((Path(run_dir) / LOCK_FILE).read_text(encoding="utf-8"))
+        lock = RunLock(pid=data["pid"], started=data["started"], run_dir=data["run_dir"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    valid = (type(lock.pid) is int and isinstance(lock.started, int | float)
+             and type(lock.started) is not bool and isinstance(lock.run_dir, str))
+    return lock if valid else None
+
+
+def lock_holder(run_dir: str | Path, *, strict: bool = False) -> Any | None:
+    """The live process (a ``psutil.Process``) that holds the run's lock, or None.
+
+    It must be the lock's pid, alive, created at the lock's start time, and the lock must be
+    this folder's. ``strict`` (before a kill) also asks that its command line names the run
+    folder (``--run-dir DIR`` or ``DIR/job.yaml``), so that only the run's own trainer dies.
+    """
+    import psutil
+
+    folder = Path(run_dir).resolve()
+    lock = read_lock(folder)
+    if lock is None or lock.pid <= 0 or Path(lock.run_dir) != folder:
+        return None
+    try:
+        proc = psutil.Process(lock.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if abs(proc.create_time() - lock.started) > START_TOLERANCE_S:
+            return None  # the pid was recycled: another program has it now
+        if strict and not _names_folder(proc.cmdline(), proc.cwd(), folder):
+            return None
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return None
+    return proc
+
+
+def _names_folder(cmdline: list[str], cwd: str, folder: Path) -> bool:
+    for arg in cmdline:
+        if not arg or arg.startswith("-"):
+            continue
+        path = Path(cwd, arg) if not Path(arg).is_absolute() else Path(arg)
+        with contextlib.suppress(OSError, ValueError):
+            path = path.resolve()
+            if path == folder or folder in path.parents:
+                return True
+    return False
+
+
+def acquire_lock(run_dir: str | Path) -> RunLock:
+    """Take the run's lock for this process; UserError (exit 2) while another one holds it.
+
+    A lock whose process is gone (killed, machine restarted) is stale and taken over.
+    """
+    folder = Path(run_dir).resolve()
+    me = RunLock(pid=os.getpid(), started=_process_started(os.getpid()), run_dir=str(folder))
+    path = folder / LOCK_FILE
+    text = json.dumps({"pid": me.pid, "started": me.started, "run_dir": me.run_dir})
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = read_lock(folder)
+            if lock_holder(folder) is not None and holder is not None:
+                raise UserError(
+                    f"run folder {folder} is in use: training process {holder.pid} holds "
+                    f"{LOCK_FILE}", "wait for that run to end or stop it (the GUI's Stop, or "
+                    f"create {folder / STOP_FILE}); to train in parallel use another --run-dir",
+                    code="run_in_use") from None
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return me
+    raise UserError(f"cannot take the lock {path}: another process keeps writing it",
+                    "check that no other training uses this run folder", code="run_in_use")
+
+
+def release_lock(run_dir: str | Path, lock: RunLock) -> None:
+    """Remove the run's lock if it is still ``lock`` (never another process's)."""
+    if read_lock(run_dir) == lock:
+        with contextlib.suppress(FileNotFoundError):
+            (Path(run_dir) / LOCK_FILE).unlink()
+
 def quick_status(events_file: Path) -> tuple[int, float, bool]:
     """(pid, started, running) of a run from its last ``run_started``, without parsing the
-    whole file (a long run's file has ~100k lines; this reads it as bytes in milliseconds)."""
+    whole file (a long run's file has ~100k lines; this reads it as bytes in milliseconds).
+    Running needs the run's lock too: the events alone never make a run look alive."""
     try:
         data = events_file.read_bytes()
     except OSError:
@@ -302,7 +437,8 @@ def quick_status(events_file: Path) -> tuple[int, float, bool]:
     if not isinstance(event, ev.RunStarted):
         return 0, 0.0, False
     finished = b'"type": "run_finished"' in data[at:] or b'"type":"run_finished"' in data[at:]
-    return event.pid, event.time, not finished and pid_alive(event.pid, event.time)
+    running = not finished and lock_holder(events_file.parent) is not None
+    return event.pid, event.time, running
 
 
 # --------------------------------------------------------------------------- summaries
@@ -360,7 +496,7 @@ def summarize_events(run_dir: Path, events: list[ev.Event]) -> RunSummary:
     if finished is not None:
         s.status = finished.status
         s.step = max(s.step, finished.step)
-    elif start is not None and pid_alive(start.pid, start.time):
+    elif start is not None and lock_holder(run_dir) is not None:
         s.status = RUNNING
     s.has_checkpoint = last_checkpoint(run_dir) is not None
     return s

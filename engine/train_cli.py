@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from engine import events as ev
 from engine import runs
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     job_file = _job_file(args.job)
     job = load_job(job_file)
-    from engine.training import check_inputs, run_training
+    from engine.training import check_inputs
 
     if args.resume and not args.run_dir:
         raise UserError("--resume needs --run-dir: the run folder to continue",
@@ -148,8 +148,28 @@ def run(args: argparse.Namespace) -> int:
         _refuse_finished_run(Path(args.run_dir))
     run_dir = (runs.prepare_run_dir(args.run_dir) if args.run_dir
                else runs.create_run_dir(job.output.runs_dir, job.name))
-    (run_dir / runs.STOP_FILE).unlink(missing_ok=True)  # a stale STOP from a previous session
     rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        return _train(args, job, job_file, run_dir, rank)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = runs.acquire_lock(run_dir)  # before anything is written: one trainer per folder
+    except UserError as exc:
+        if args.events_stdout:  # the GUI reads its banner from the error event
+            print(ev.to_json(ev.Error(code=exc.code, message=exc.message, advice=exc.advice)),
+                  flush=True)
+        raise
+    try:
+        return _train(args, job, job_file, run_dir, rank)
+    finally:
+        runs.release_lock(run_dir, lock)
+
+
+def _train(args: argparse.Namespace, job: Any, job_file: Path, run_dir: Path, rank: int) -> int:
+    from engine.training import run_training
+
+    if rank == 0:
+        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)  # stale, from a previous session
     events_out = sys.stdout
     if args.events_stdout:
         # stdout carries only event lines; anything a library prints goes to stderr.

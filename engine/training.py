@@ -372,6 +372,7 @@ def _setup(job: JobConfig, run_dir: Path, emit: ev.EventSink,
         load_model_dir,
         load_tokenizer,
         pick_device,
+        remote_code_warning,
         resolve_precision,
     )
 
@@ -383,9 +384,13 @@ def _setup(job: JobConfig, run_dir: Path, emit: ev.EventSink,
                         "use method lora, or training.device: cpu", code="bad_job")
     torch.manual_seed(job.training.seed)
 
+    warning = remote_code_warning(job)
+    if warning is not None:
+        emit(warning)
+    trust = job.model.trust_remote_code
     folder = load_model_dir(job.model.source, emit)
-    config = load_config(folder)
-    tokenizer = load_tokenizer(folder)
+    config = load_config(folder, trust_remote_code=trust)
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust)
     task, data = _setup_data(job, spec, tokenizer, config.model_type, emit)
     model = _setup_model(job, spec, folder, device, precision, task, emit)
     args = training_arguments(job, run_dir, device, precision, bool(data.eval), len(data.train))

@@ -344,9 +344,63 @@ def test_refuses_non_empty_target_unless_overwrite(lora_run: Path, tmp_path: Pat
     assert info.value.code == "target_not_empty"
     assert (out / "keep.txt").read_text() == "mine"
     assert main(["export", str(lora_run), "--out", str(out)]) == 2
-    export_run(lora_run, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "adapter_config.json").is_file()
+    # --overwrite replaces only an earlier export: a folder of the user's files stays.
+    (out / "data").mkdir()
+    (out / "data" / "notes.txt").write_text("mine too")
+    with pytest.raises(UserError, match="did not write") as info:
+        export_run(lora_run, out, overwrite=True)
+    assert info.value.code == "target_not_export"
+    assert "data/" in info.value.message and "keep.txt" in info.value.message
+    assert main(["export", str(lora_run), "--out", str(out), "--overwrite"]) == 2
+    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "data" / "notes.txt").read_text() == "mine too"
     assert not list(tmp_path.glob(".taken*"))
+
+
+def test_overwrite_replaces_an_export_and_nothing_beside_it(lora_run: Path,
+                                                            tmp_path: Path) -> None:
+    from engine.export import EXPORT_MARKER, export_run, is_export_folder
+
+    out = tmp_path / "exp"
+    # Siblings named like the old staging folders, holding the user's files.
+    for sibling in (".exp.old", ".exp.partial"):
+        (tmp_path / sibling).mkdir()
+        (tmp_path / sibling / "precious.txt").write_text(sibling)
+    (tmp_path / "exp-notes.txt").write_text("beside")
+    export_run(lora_run, out)
+    assert is_export_folder(out) and (out / EXPORT_MARKER).is_file()
+    marker = json.loads((out / EXPORT_MARKER).read_text())
+    assert marker["run"] == str(lora_run.resolve()) and marker["kinds"] == ["adapter"]
+    (out / "stale.bin").write_text("from the old export")
+    export_run(lora_run, out, overwrite=True)
+    assert is_export_folder(out) and not (out / "stale.bin").exists()
+    assert (out / "adapter_model.safetensors").is_file()
+    for sibling in (".exp.old", ".exp.partial"):
+        assert (tmp_path / sibling / "precious.txt").read_text() == sibling
+    assert (tmp_path / "exp-notes.txt").read_text() == "beside"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".exp.old", ".exp.partial", "exp", "exp-notes.txt"]  # no staging left behind
+
+
+def test_malformed_event_lines_are_skipped_and_reported(lora_run: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    from engine.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    events = run / "events.jsonl"
+    lines = events.read_text().splitlines()
+    torn = lines[1][: len(lines[1]) // 2]  # a write cut short before a resume
+    wrong = '{"type": "run_finished", "status": "completed", "step": "three"}'
+    events.write_text("\n".join([lines[0], torn, *lines[1:3], wrong, *lines[3:]]) + "\n")
+    out = tmp_path / "out"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"warning: {events}: skipped 2 malformed line(s) (line 2, 5)" in err
+    card = (out / "README.md").read_text()
+    assert "three" not in card and "final training loss" in card
 
 
 def test_refuses_the_base_model_folder(lora_run: Path, small_model_dirs: dict[str, Path]) -> None:

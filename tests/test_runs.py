@@ -89,6 +89,7 @@ def test_scan_summarises_each_run_newest_first(tmp_path: Path) -> None:
     live = [ev.RunStarted(time=now, job=job, method="dora", pid=os.getpid()),
             ev.Step(step=1, loss=float("nan")), ev.Step(step=2, loss=1.2)]
     _write(tmp_path / "live", live, tail='{"type": "step", "st')
+    runs.acquire_lock(tmp_path / "live")  # this process "trains" it
     (tmp_path / "not-a-run").mkdir()
 
     found = runs.scan_runs(tmp_path)
@@ -123,3 +124,26 @@ def test_the_job_file_passed_in_is_not_rewritten(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh"
     runs.write_job(fresh, job, source=mine)
     assert load_job(fresh / runs.JOB_FILE) == job
+
+
+def test_malformed_lines_in_the_middle_are_skipped_and_counted(tmp_path: Path) -> None:
+    good = [ev.to_json(ev.RunStarted(pid=0, max_steps=3)), ev.to_json(ev.Step(step=1, loss=2.0))]
+    bad = ['{"type": "step", "step": 2, "lo',  # torn by a kill before a resume
+           '{"type": "step", "step": "two", "loss": 1.0}',  # wrong field type
+           '{"type": ["step"]}', '{"type": "eval", "eval_loss": {"x": 1}}', "[1, 2]",
+           '{"type": "run_started", "pid": "123", "job": []}']
+    path = tmp_path / runs.EVENTS_FILE
+    path.write_text("\n".join([good[0], *bad, good[1], ""]) + "\n", encoding="utf-8")
+    malformed: list[int] = []
+    events = runs.read_events(path, malformed)
+    assert [type(e).__name__ for e in events] == ["RunStarted", "Step"]
+    assert malformed == [2, 3, 4, 5, 6, 7]  # the empty line is not a problem
+    warning = runs.malformed_warning(path, malformed)
+    assert warning is not None and warning.code == "malformed_events"
+    assert "skipped 6 malformed line(s) (line 2, 3, 4, 5, 6 …)" in warning.message
+    assert runs.malformed_warning(path, []) is None
+    # Every reader of a run folder copes: summaries, curves, the quick status.
+    summary = runs.summarize_run(tmp_path)
+    assert (summary.step, summary.final_loss, summary.status) == (1, 2.0, runs.INTERRUPTED)
+    assert runs.load_curves(tmp_path).steps == [1]
+    assert runs.quick_status(path)[2] is False

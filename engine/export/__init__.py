@@ -7,11 +7,20 @@
 from __future__ import annotations
 
 from engine.export._events import Exported
-from engine.export._export import check_disk_space, check_target, estimate_bytes, export_run
+from engine.export._export import (
+    EXPORT_MARKER,
+    check_disk_space,
+    check_target,
+    estimate_bytes,
+    export_run,
+    foreign_contents,
+    is_export_folder,
+)
 from engine.export._merge import ExportCheckFailed
 from engine.export._run import LoadedPair, RunInfo, load_pair, load_tokenizer, open_run
 
 __all__ = [
+    "EXPORT_MARKER",
     "ExportCheckFailed",
     "Exported",
     "LoadedPair",
@@ -20,6 +29,8 @@ __all__ = [
     "check_target",
     "estimate_bytes",
     "export_run",
+    "foreign_contents",
+    "is_export_folder",
     "load_pair",
     "load_tokenizer",
     "open_run",

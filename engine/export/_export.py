@@ -1,7 +1,10 @@
 """``export_run``: write a run's result as an adapter folder, a merged model and/or a GGUF file.
 
 Everything is written into a staging folder beside the target, then renamed into place, so a
-failure (or a failed check) never leaves a half-written export behind.
+failure (or a failed check) never leaves a half-written export behind. Every export folder
+carries ``EXPORT_MARKER``; ``--overwrite`` replaces only such a folder, and nothing outside the
+target is ever deleted but the staging and old folders this export made (fresh names: a
+sibling of the user's that happens to look like one is left alone).
 """
 
 from __future__ import annotations
@@ -9,10 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from engine import runs
 from engine.errors import UserError
 from engine.events import EventSink, Progress
 from engine.export._events import Exported
@@ -23,6 +29,16 @@ _TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "traini
                    "README.md", "scaler.pt")
 DEMO_PROMPT = "Tell me about yourself in one sentence."
 ADAPTER_CONFIG = "adapter_config.json"  # peft's file name; the bottleneck adapter uses it too
+EXPORT_MARKER = "tunesmith-export.json"  # written into every export folder
+
+
+def is_export_folder(folder: str | Path) -> bool:
+    """True when ``folder`` is an export Tunesmith wrote (it carries the marker file)."""
+    marker = Path(folder) / EXPORT_MARKER
+    try:
+        return bool(json.loads(marker.read_text(encoding="utf-8")).get("tunesmith_export"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, gguf: bool = False,
@@ -36,9 +52,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, ggu
     """
     from engine.export._gguf import GGUF_TYPES
     from engine.export._merge import torch_dtype
+    from engine.models import remote_code_warning
 
     sink: EventSink = emit or (lambda _e: None)
     info = open_run(run_dir)
+    malformed: list[int] = []
+    runs.run_events(info.run_dir, malformed)
+    warning = runs.malformed_warning(info.run_dir / runs.EVENTS_FILE, malformed)
+    if warning is not None:
+        sink(warning)
     if gguf_type not in GGUF_TYPES:
         raise UserError(f"--gguf-type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
     torch_dtype(dtype)
@@ -47,18 +69,22 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, ggu
         raise UserError(f"run {info.run_dir.name} cannot be merged: {refusal}",
                         "export it without --merge and --gguf to get the adapter",
                         code="not_mergeable")
+    warning = remote_code_warning(info.job) if merge or gguf or info.is_full else None
+    if warning is not None:
+        sink(warning)  # the base model's own code runs to merge or convert it
     if gguf:
         _check_gguf_supported(info)
     target = check_target(info, Path(out), overwrite)
     merge = merge or (info.is_full and not gguf)
     check_disk_space(target, estimate_bytes(info, merge=merge, gguf=gguf, gguf_type=gguf_type,
                                             dtype=dtype))
-    staging = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = _fresh_sibling(target, "partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir()
     try:
         results = _write(info, staging, target, merge=merge, gguf=gguf, gguf_type=gguf_type,
                          dtype=dtype, refusal=refusal, emit=sink)
+        _write_marker(staging, info, results)
         make_readable(staging)
         _replace(staging, target)
     except BaseException:
@@ -77,7 +103,9 @@ def _check_gguf_supported(info: RunInfo) -> None:
     from engine.export._run import load_tokenizer
     from engine.models import load_config
 
-    check_supported(load_config(info.base_folder()), load_tokenizer(info))
+    check_supported(load_config(info.base_folder(),
+                                trust_remote_code=info.job.model.trust_remote_code),
+                    load_tokenizer(info))
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -97,11 +125,32 @@ def check_target(info: RunInfo, out: Path, overwrite: bool) -> Path:
                                 code="bad_target")
     if target.exists() and not target.is_dir():
         raise UserError(f"--out {out} is a file", "pick a folder", code="bad_target")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise UserError(f"--out {out} is not empty",
-                        "pick an empty or new folder, or pass --overwrite to replace it",
-                        code="target_not_empty")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise UserError(f"--out {out} is not empty",
+                            "pick an empty or new folder, or pass --overwrite to replace it",
+                            code="target_not_empty")
+        foreign = foreign_contents(target)
+        if foreign is not None:
+            raise UserError(f"--out {out} holds files Tunesmith did not write "
+                            f"({foreign}); --overwrite replaces only an earlier "
+                            f"export (a folder with {EXPORT_MARKER})",
+                            "pick an empty or new folder, or move those files away first",
+                            code="target_not_export")
     return target
+
+
+def foreign_contents(folder: str | Path, most: int = 5) -> str | None:
+    """What a non-empty folder that is not an export holds ("a.txt, data/ and 3 more"), or
+    None when an export may replace it (missing, empty, or an earlier export)."""
+    folder = Path(folder)
+    if not folder.is_dir() or is_export_folder(folder):
+        return None
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if not names:
+        return None
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _base_paths(info: RunInfo) -> list[Path]:
@@ -293,11 +342,35 @@ def _write_gguf(info: RunInfo, model: Any, tokenizer: Any, staging: Path, target
                     details={**facts, **check})
 
 
+def _fresh_sibling(target: Path, what: str) -> Path:
+    """A new name beside ``target`` that nothing has (never a folder of the user's)."""
+    while True:
+        path = target.with_name(f".{target.name}.{what}-{uuid.uuid4().hex[:12]}")
+        if not path.exists():
+            return path
+
+
+def _write_marker(staging: Path, info: RunInfo, results: list[Exported]) -> None:
+    marker = {"tunesmith_export": 1, "run": str(info.run_dir.resolve()),
+              "kinds": [r.kind for r in results], "time": round(time.time(), 3)}
+    (staging / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
 def _replace(staging: Path, target: Path) -> None:
-    """Put the finished export in place; an old one goes only after the new one is there."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    """Put the finished export in place; an old one goes only after the new one is there.
+
+    The old folder is moved aside under a fresh name and deleted only if it is still an
+    export (check_target refused anything else); an empty folder is simply replaced.
+    """
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = _fresh_sibling(target, "old")
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old, target)  # put the previous export back
+        raise
+    if is_export_folder(old) or not any(old.iterdir()):
+        shutil.rmtree(old)

@@ -92,7 +92,8 @@ def merge_run(info: RunInfo, tokenizer: Any, device: str, emit: EventSink) -> Me
 
     if info.is_full:
         emit(Progress(stage="export", current=0, total=1, message="loading the trained model"))
-        model = AutoModelForCausalLM.from_pretrained(info.result, dtype=torch.float32)
+        trust = {"trust_remote_code": True} if info.job.model.trust_remote_code else {}
+        model = AutoModelForCausalLM.from_pretrained(info.result, dtype=torch.float32, **trust)
         return Merged(model.to(device).eval(), None, [])
     emit(Progress(stage="export", current=0, total=1,
                   message="loading the base model in fp32 and attaching the adapter"))

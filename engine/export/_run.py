@@ -100,7 +100,8 @@ def load_tokenizer(info: RunInfo) -> Any:
 
     folder = info.result if (info.result / "tokenizer_config.json").is_file() else Path(
         info.base_folder())
-    tok = AutoTokenizer.from_pretrained(folder)
+    trust = {"trust_remote_code": True} if info.job.model.trust_remote_code else {}
+    tok = AutoTokenizer.from_pretrained(folder, **trust)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     ensure_chat_template(tok)
@@ -139,8 +140,11 @@ class LoadedPair:
 def load_pair(info: RunInfo, *, emit: EventSink | None = None, base_only: bool = False,
               device: str | None = None) -> LoadedPair:
     """Load the base as training did (4-bit for QLoRA) and attach the trained result."""
-    from engine.models import load_base, resolve_precision
+    from engine.models import load_base, remote_code_warning, resolve_precision
 
+    warning = remote_code_warning(info.job)
+    if warning is not None and emit is not None:
+        emit(warning)
     device = device or pick_device(info)
     precision = resolve_precision(info.job.training.precision, device)
     folder = info.base_folder(emit)

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
                         help="weight type of the merged model (default bfloat16)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out when it is not empty")
+                        help="replace --out when it holds an earlier export (never other files)")
     parser.add_argument("--events-stdout", action="store_true",
                         help="write events as JSON lines on stdout (for the GUI and scripts)")
 
@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _print_event(event: Any) -> None:
     if isinstance(event, ev.Progress):
         print(f"… {event.message}", file=sys.stderr, flush=True)
+    elif isinstance(event, ev.Warning):
+        print(f"warning: {event.message}", file=sys.stderr, flush=True)
 
 
 class _JsonLines:

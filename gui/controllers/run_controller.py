@@ -14,6 +14,7 @@ re-attaches to a run started by an earlier session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from engine import events as ev
 from engine import runs
 from engine.config import JobConfig, save_job
 from engine.diagnostics import Diagnostics
-from engine.runs import pid_alive, quick_status
+from engine.runs import quick_status
 
 STOP_GRACE_S = 60.0  # silence after Stop before the kill; each event or log line resets it
 QUIT_GRACE_S = 15.0  # at quit the user waits: stop sooner
@@ -258,7 +259,8 @@ class RunController(QObject):
         return proc is not None and proc.poll() is None
 
     def _pid_is_alive(self) -> bool:
-        return pid_alive(self._pid, self._pid_started)
+        # Only the run's lock says a process trains it: a pid in events.jsonl proves nothing.
+        return self.run_dir is not None and runs.lock_holder(self.run_dir) is not None
 
     def _attached_is_alive(self) -> bool:
         # A run of another session: follow it until it reports its end or its process dies.
@@ -287,11 +289,34 @@ class RunController(QObject):
         return max(self.stop_grace_s, 3 * max(gaps, default=0.0))
 
     def kill(self) -> None:
-        """End the training process now (no checkpoint of the current step)."""
+        """End the training process now (no checkpoint of the current step).
+
+        A process this controller did not start is killed only when the run's lock names it,
+        its start time matches the lock and its command line names this run folder;
+        otherwise a ``cannot_stop`` warning says so and nothing is killed.
+        """
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
-        elif self._pid and self._pid_is_alive():
-            _kill_engine_pid(self._pid)
+            return
+        if self.run_dir is None or self._proc is not None:
+            return
+        holder = runs.lock_holder(self.run_dir, strict=True)
+        if holder is not None:
+            import psutil
+
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                holder.kill()
+        elif self._pid and runs.pid_alive(self._pid):
+            self._say_cannot_stop()
+
+    def _say_cannot_stop(self) -> None:
+        warning = ev.Warning(
+            code="cannot_stop",
+            message=f"cannot stop process {self._pid}: the lock file of {self.run_dir} does "
+                    "not name it as this run's trainer (or its start time or command line do "
+                    "not match), so Tunesmith will not kill it; end it yourself if it is yours")
+        self.history.append(warning)
+        self.events.emit([warning])
 
     def detach(self) -> None:
         """Leave the run training in the background; stop following it."""
@@ -443,18 +468,6 @@ def _detached() -> dict[str, object]:
     if sys.platform == "win32":
         return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
     return {"start_new_session": True}
-
-
-def _kill_engine_pid(pid: int) -> None:
-    """Kill a training process of an earlier session, only if it is ``python -m engine``."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        if "engine" in " ".join(proc.cmdline()):
-            proc.kill()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        pass
 
 
 _SHARED: weakref.WeakKeyDictionary[QObject, RunController] = weakref.WeakKeyDictionary()

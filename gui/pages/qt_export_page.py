@@ -212,13 +212,27 @@ class QtExportPage(QWidget):
         steps = self.plan()
         if not steps or self.controller.is_running():
             return
+        from engine.export import foreign_contents
+
         taken = [t for t, _ in steps if _non_empty(t)]
+        foreign = {t: what for t in taken if (what := foreign_contents(t)) is not None}
+        if foreign:
+            self.tell_cannot_replace(foreign)
+            return
         if taken and not self._confirm_overwrite(taken):
             return
         steps = self.plan(overwrite=bool(taken))
         self._folders = [t for t, _ in steps]
         self.result_view.clear()
         self.controller.start([cmd for _, cmd in steps])
+
+    def tell_cannot_replace(self, folders: dict[Path, str]) -> None:
+        """An export replaces only an earlier export: say which folders hold other files."""
+        names = "\n".join(f"{f}: {what}" for f, what in folders.items())
+        QMessageBox.warning(
+            self, "Cannot replace these folders",
+            f"These folders hold files Tunesmith did not write:\n{names}\n\nAn export "
+            "replaces only an earlier export. Pick another folder, or move those files away.")
 
     def _confirm_overwrite(self, folders: list[Path]) -> bool:
         names = "\n".join(str(f) for f in folders)

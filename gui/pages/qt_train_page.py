@@ -206,6 +206,8 @@ class QtTrainPage(QWidget):
                                      "Choose a dataset on the Data page first.")
             return
         self.banners.remove("no_dataset")
+        if job.model.trust_remote_code and not self.confirm_remote_code(job.model.source):
+            return
         try:
             self.controller.start(job)
         except (OSError, RuntimeError) as exc:
@@ -218,8 +220,29 @@ class QtTrainPage(QWidget):
             self.controller.stop()
 
     def _on_resume(self) -> None:
-        if self.controller.run_dir is not None:
-            self.controller.resume(self.controller.run_dir)
+        run_dir = self.controller.run_dir
+        if run_dir is None:
+            return
+        source = _remote_code_source(run_dir)
+        if source is not None and not self.confirm_remote_code(source):
+            return
+        self.controller.resume(run_dir)
+
+    def confirm_remote_code(self, source: str) -> bool:
+        """Asked before a job with ``model.trust_remote_code`` runs (tests replace it)."""
+        box = self.remote_code_box(source)
+        box.exec()
+        return box.clickedButton() is box.button(QMessageBox.StandardButton.Yes)
+
+    def remote_code_box(self, source: str) -> QMessageBox:
+        box = QMessageBox(
+            QMessageBox.Icon.Warning, "Run the model's own code?",
+            f"This job has model.trust_remote_code on. Python code that ships with "
+            f"{source} will run on this computer, with your permissions, when the model, its "
+            "config and its tokenizer load.\n\nOnly go on if you trust that repository.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        return box
 
     def start_job(self) -> Path | None:
         """Start the window's job (the Start button)."""
@@ -482,6 +505,15 @@ class QtTrainPage(QWidget):
         child is stopped too unless the user chose to keep it in the background."""
         self.sampler.stop()
         self.controller.shutdown()
+
+
+def _remote_code_source(run_dir: Path) -> str | None:
+    """The model source of a run folder's job when it trusts remote code, else None."""
+    try:
+        job = load_job(run_dir / JOB_FILE)
+    except (UserError, OSError, ValueError):
+        return None
+    return job.model.source if job.model.trust_remote_code else None
 
 
 def predicted_peak_gb(job: dict[str, Any], device: str) -> float | None:

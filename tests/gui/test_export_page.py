@@ -93,3 +93,22 @@ def test_prefix_run_explains_why_it_cannot_merge(qtbot: Any, ctx: Any,
     assert [t.name for t, _ in page.plan()] == ["adapter"]
     page.picker.select(runs["lora"])
     assert not page.why.isVisible() and page.merged_box.isEnabled()
+
+
+def test_a_folder_of_the_users_files_is_never_offered_for_replacing(
+        qtbot: Any, ctx: Any, runs: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    page = _page(qtbot, ctx, runs["lora"].parent)
+    page.picker.select(runs["lora"])
+    out = tmp_path / "mine"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "thesis.tex").write_text("years of work")
+    page.out_edit.setText(str(out))
+    told: list[dict[Path, str]] = []
+    monkeypatch.setattr(page, "tell_cannot_replace", told.append)
+    monkeypatch.setattr(QMessageBox, "question", lambda *_a: pytest.fail("asked to replace"))
+    page.export_button.click()
+    assert told == [{out / "adapter": "thesis.tex"}]
+    assert page.controller.state != "running"
+    assert (out / "adapter" / "thesis.tex").read_text() == "years of work"
+    page.shutdown()

@@ -12,7 +12,7 @@ import pytest
 
 from engine import events as ev
 from engine.config import job_from_dict
-from engine.runs import EVENTS_FILE, scan_runs
+from engine.runs import EVENTS_FILE, acquire_lock, scan_runs
 from gui.controllers.app_context import AppContext
 from gui.controllers.job_model import JobModel
 from gui.controllers.run_controller import shared_controller
@@ -57,7 +57,7 @@ def ctx(tmp_path: Path) -> Iterator[AppContext]:
 @pytest.fixture
 def runs(tmp_path: Path) -> dict[str, Path]:
     root = tmp_path / "runs"
-    return {
+    found = {
         "done": write_run(root, "done", [started(t=1.0), *steps([2.0, 1.5, 1.2]),
                                          ev.Eval(step=3, eval_loss=1.4),
                                          ev.RunFinished(status="completed", step=3)]),
@@ -68,6 +68,8 @@ def runs(tmp_path: Path) -> dict[str, Path]:
                                          *steps([2.1])]),
         "dead": write_run(root, "dead", [started(t=3.0), *steps([2.5])], checkpoint=1),
     }
+    acquire_lock(found["live"])  # this test process "trains" it: only a lock makes a run live
+    return found
 
 
 def test_scan_runs_reads_status_and_losses(runs: dict[str, Path]) -> None:

@@ -218,3 +218,38 @@ def test_attach_replays_a_finished_run_and_logs_other_lines(qtbot: Any, tmp_path
                                                "RunFinished"]
     assert logged == ["a stray print", "shards: 2/2"]
     controller.shutdown()
+
+
+def test_a_job_that_trusts_remote_code_asks_before_it_runs(qtbot: Any, make_ctx: Any,
+                                                           tiny_llama_dir: Path,
+                                                           chat_jsonl: Path, tmp_path: Path,
+                                                           monkeypatch: Any) -> None:
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    job = tiny_job(tiny_llama_dir, chat_jsonl, tmp_path / "runs")
+    job.model.trust_remote_code = True
+    page = _page(qtbot, make_ctx(job))
+    try:
+        started: list[JobConfig] = []
+        monkeypatch.setattr(page.controller, "start", lambda j, run_dir=None: started.append(j))
+        asked: list[str] = []
+        answers = iter([False, True])
+        page.confirm_remote_code = lambda source: asked.append(source) or next(answers)
+        page.start_job()
+        assert asked == [str(tiny_llama_dir)] and started == []  # "No": nothing runs
+        page.start_job()
+        assert len(started) == 1  # "Yes": the job starts
+        # The real dialog names the repository, warns that its code runs, defaults to No.
+        box = page.remote_code_box("someone/remote-model")
+        assert "someone/remote-model" in box.text() and "will run on this computer" in box.text()
+        assert box.defaultButton() is box.button(QMessageBox.StandardButton.No)
+        box.deleteLater()
+        del page.confirm_remote_code  # the page's own method, answered like a user would
+        for button, expected in ((QMessageBox.StandardButton.No, False),
+                                 (QMessageBox.StandardButton.Yes, True)):
+            QTimer.singleShot(100, lambda b=button: QApplication.activeModalWidget().button(
+                b).click())
+            assert page.confirm_remote_code("someone/remote-model") is expected
+    finally:
+        page.shutdown()
