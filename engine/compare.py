@@ -210,11 +210,11 @@ class Comparison:
         fits = _advisor_fits(self.plan)
         for i, method in enumerate(self.plan.methods):
             if self.status == "stopped":
-                row = _row(method, status="skipped", reason="the comparison was stopped")
+                row = blank_row(method, status="skipped", reason="the comparison was stopped")
             elif method in fits:
-                row = _row(method, status="skipped", reason=fits[method])
+                row = blank_row(method, status="skipped", reason=fits[method])
             else:
-                self._announce(i, method, "running", _row(method, status="running"))
+                self._announce(i, method, "running", blank_row(method, status="running"))
                 row = self._run_method(method)
             self.rows.append(row)
             self._announce(i, method, row["status"], row)
@@ -352,7 +352,7 @@ def _advisor_fits(plan: Plan) -> dict[str, str]:
 # --------------------------------------------------------------------------- the row
 
 
-def _row(method: str, **values: Any) -> dict[str, Any]:
+def blank_row(method: str, **values: Any) -> dict[str, Any]:
     from engine.methods import get_method
 
     row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
@@ -365,7 +365,7 @@ def _row(method: str, **values: Any) -> dict[str, Any]:
 def summarize(method: str, job: Any, seen: list[ev.Event],
               baseline_gb: float | None) -> dict[str, Any]:
     """A method's row from its training events (held-out loss comes later)."""
-    row = _row(method, status="failed", steps=0)
+    row = blank_row(method, status="failed", steps=0)
     steps = [e for e in seen if isinstance(e, ev.Step)]
     for e in seen:
         if isinstance(e, ev.RunStarted):
@@ -611,5 +611,15 @@ class _JsonTo:
             self.stream.flush()
 
 
+def scan_comparisons(runs_dir: str | Path) -> list[Path]:
+    """Comparison folders (with a comparison.json) directly under ``runs_dir``, newest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    found = [p.parent for p in root.glob(f"*/{COMPARISON_FILE}")]
+    return sorted(found, key=lambda p: (p / COMPARISON_FILE).stat().st_mtime, reverse=True)
+
+
 __all__ = ["COMPARISON_FILE", "LESSON_CLAIMS", "ROW_FIELDS", "Comparison", "add_quality",
-           "format_table", "load_comparison", "method_job", "summarize", "write_comparison"]
+           "blank_row", "format_table", "load_comparison", "method_job", "scan_comparisons",
+           "summarize", "write_comparison"]
