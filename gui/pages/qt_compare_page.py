@@ -143,6 +143,7 @@ class QtComparePage(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.verticalHeader().hide()
+        self.table.setWordWrap(True)  # a failure's reason is a sentence
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
@@ -156,11 +157,11 @@ class QtComparePage(QWidget):
         use.addWidget(self.use_button)
         use.addWidget(self.note, 1)
         inner.addLayout(use)
-        layout.addWidget(table_box, 3)
+        layout.addWidget(table_box, 4)
         chart_box, chart_inner = card("Efficiency vs performance (measured)")
         self.chart = QtCompareChart()
         chart_inner.addWidget(self.chart)
-        layout.addWidget(chart_box, 2)
+        layout.addWidget(chart_box, 3)
         self.command = QLineEdit(readOnly=True)
         self.command.setStyleSheet("font-family: monospace;")
         self.command.setToolTip("The same comparison from a terminal")
@@ -282,6 +283,7 @@ class QtComparePage(QWidget):
         for i, row in enumerate(rows):
             self._rows[row["method"]] = i
             self._set_row(i, row)
+        self.table.resizeRowsToContents()
 
     def _set_row(self, i: int, row: dict[str, Any]) -> None:
         claim = compare.LESSON_CLAIMS.get(row["method"], {})
@@ -335,6 +337,9 @@ class QtComparePage(QWidget):
             self.status.setText("Starting the engine…")
         elif state == "cancelled":
             self.status.setText("Stopped.")
+        elif state == "idle":
+            self.status.setText("Tick the methods and press Compare (each trains for the same "
+                                "steps, in turn), or open a past comparison.")
         elif state == "done":
             self.status.setText(f"Done: {html.escape(str(self.controller.folder))}")
         self._show_command()

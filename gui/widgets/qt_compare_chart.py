@@ -40,11 +40,12 @@ class QtCompareChart(QWidget):
         background = self.palette().color(QPalette.ColorRole.Base)
         for key, title, unit in AXES:
             plot = pg.PlotWidget(background=background)
-            plot.setTitle(f"Quality vs {title.lower()}")
             plot.setLabel("bottom", f"{title} ({unit})")
             plot.setLabel("left", "Quality (% of reference)")
             plot.showGrid(x=True, y=True, alpha=0.25)
             plot.setMenuEnabled(False)
+            plot.setXRange(0, 1)
+            plot.setYRange(0, 110)
             line = pg.InfiniteLine(100, angle=0, pen=pg.mkPen(FITS, style=Qt.PenStyle.DashLine))
             plot.addItem(line)  # the reference itself
             scatter = pg.ScatterPlotItem(size=11, brush=pg.mkBrush(ACCENT),
@@ -65,9 +66,11 @@ class QtCompareChart(QWidget):
             self.scatters[key].setData([p[1] for p in pts], [p[2] for p in pts])
             self._labels[key] = []
             for label, x, y in pts:
-                item = pg.TextItem(label, color=text, anchor=(0, 1))
+                item = pg.TextItem(label, color=text, anchor=(-0.08, 0.5))  # right of the dot
                 item.setPos(x, y)
                 plot.addItem(item)
                 self._labels[key].append(item)
-            if pts:
-                plot.enableAutoRange()
+            if pts:  # from zero (honest bars of memory and speed), room for the labels
+                xs, ys = [p[1] for p in pts], [p[2] for p in pts]
+                plot.setXRange(0, max(xs) * 1.45 or 1, padding=0)
+                plot.setYRange(min(0.0, min(ys)) - 8, max(100.0, max(ys)) + 8, padding=0)
