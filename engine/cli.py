@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "explain": ("engine.explain", "print the architecture map: what a method trains"),
     "export": ("engine.export.cli", "write the adapter, a merged model or a GGUF file"),
     "evaluate": ("engine.evaluate", "held-out loss, perplexity and answers: base vs tuned"),
+    "compare": ("engine.compare", "train each method briefly on the job and compare them"),
     "chat": ("engine.chat", "chat with base and tuned models (JSON lines on stdin/stdout)"),
     "prepare-defaults": ("engine.models", "convert the built-in default models into the cache"),
 }

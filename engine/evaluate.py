@@ -30,10 +30,11 @@ MAX_PROMPTS_FROM_DATA = 3
 
 
 def evaluate_run(run_dir: str | Path, *, emit: ev.EventSink | None = None,
-                 prompts: list[str] | None = None,
-                 max_new_tokens: int | None = None) -> dict[str, Any]:
+                 prompts: list[str] | None = None, max_new_tokens: int | None = None,
+                 answers: bool = True) -> dict[str, Any]:
     """Evaluate a finished run; ``prompts`` default to the job's sample prompts, then to the
-    first held-out questions, then to a built-in set."""
+    first held-out questions, then to a built-in set. ``answers=False``: losses only (the
+    comparison of methods needs no answers)."""
     from engine.export import open_run
 
     sink: ev.EventSink = emit or (lambda _e: None)
@@ -43,7 +44,8 @@ def evaluate_run(run_dir: str | Path, *, emit: ev.EventSink | None = None,
         result = _evaluate_classify(info, sink)
     else:
         result = _evaluate_sft(info, sink, prompts,
-                               max_new_tokens or info.job.training.sample_max_new_tokens)
+                               max_new_tokens or info.job.training.sample_max_new_tokens,
+                               answers)
     result["elapsed_s"] = round(time.perf_counter() - start, 2)
     _write_result(info.run_dir, result)
     return result
@@ -53,7 +55,7 @@ def evaluate_run(run_dir: str | Path, *, emit: ev.EventSink | None = None,
 
 
 def _evaluate_sft(info: Any, emit: ev.EventSink, prompts: list[str] | None,
-                  max_new_tokens: int) -> dict[str, Any]:
+                  max_new_tokens: int, answers: bool = True) -> dict[str, Any]:
     from engine.data import prepare_sft
     from engine.export import load_pair, load_tokenizer
     from engine.export._stops import stop_token_ids
@@ -69,7 +71,7 @@ def _evaluate_sft(info: Any, emit: ev.EventSink, prompts: list[str] | None,
     pair = load_pair(info, emit=emit)
     stops = stop_token_ids(tokenizer, getattr(config, "eos_token_id", None))
     prompts = list(prompts or info.job.training.sample_prompts or _prompts_from(data)
-                   or DEFAULT_PROMPTS)
+                   or DEFAULT_PROMPTS) if answers else []
     result: dict[str, Any] = {"run_dir": str(info.run_dir), "task": "sft",
                               "method": info.method, "eval_rows": len(data.eval),
                               "base": {}, "tuned": {}, "answers": []}
@@ -250,6 +252,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompts to answer: a text file (one a line), .json list or .jsonl")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="length of each answer (default: the job's sample length)")
+    parser.add_argument("--loss-only", action="store_true",
+                        help="held-out losses only, no answers (faster)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--events-stdout", action="store_true",
                         help="write events as JSON lines on stdout (for the GUI)")
@@ -274,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
         emit = _JsonTo(out)
     try:
         result = evaluate_run(args.run_dir, emit=emit, prompts=prompts,
-                              max_new_tokens=args.max_new_tokens)
+                              max_new_tokens=args.max_new_tokens, answers=not args.loss_only)
     except UserError as exc:
         if args.events_stdout:  # the GUI reads the reason as an event, like train and export
             emit(ev.Error(code=exc.code, message=exc.message, advice=exc.advice))

@@ -161,6 +161,20 @@ class Exported:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MethodCompared:
+    """``python -m engine compare``: a method started (``running``) or ended (``completed``,
+    ``stopped``, ``failed``, ``skipped``); ``row`` is its line of the comparison table."""
+
+    type: str = "method_compared"
+    time: float = field(default_factory=_now)
+    method: str = ""
+    index: int = 0
+    total: int = 0
+    status: str = "running"
+    row: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Unknown:
     """An event of a type this reader does not know (written by a newer engine)."""
 
@@ -171,14 +185,14 @@ class Unknown:
 
 Event = (
     RunStarted | Progress | DataReady | Step | Eval | Sample | Checkpoint | Warning | Error
-    | RunFinished | Exported | Unknown
+    | RunFinished | Exported | MethodCompared | Unknown
 )
 EventSink = Callable[[Event], None]
 
 EVENT_TYPES: dict[str, type] = {
     cls.type: cls  # type: ignore[attr-defined]
     for cls in (RunStarted, Progress, DataReady, Step, Eval, Sample, Checkpoint, Warning, Error,
-                RunFinished, Exported)
+                RunFinished, Exported, MethodCompared)
 }
 
 

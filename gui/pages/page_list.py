@@ -40,6 +40,8 @@ PAGES: list[PageSpec] = [
     PageSpec("evaluate", "Evaluate", "Measure and chat",
              "gui.pages.qt_evaluate_page:QtEvaluatePage"),
     PageSpec("export", "Export", "Save the result", "gui.pages.qt_export_page:QtExportPage"),
+    PageSpec("compare", "Compare methods", "Measure the methods on this job",
+             "gui.pages.qt_compare_page:QtComparePage", step=False),
     PageSpec("runs", "Runs", "Past and running jobs",
              "gui.pages.qt_runs_page:QtRunsPage", step=False),
 ]

@@ -26,6 +26,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gui.window.screenshots")
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     parser.add_argument("--pages", nargs="*", help="only these page keys")
+    parser.add_argument("--comparison", default=None, metavar="DIR",
+                        help="a comparison folder (python -m engine compare) for the "
+                             "Compare methods page")
     return parser.parse_args(argv)
 
 
@@ -92,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     for key in args.pages or order:
         index = order.index(key) + 1  # file names keep the flow's order
         window.show_page(key)
+        if key == "compare" and args.comparison:
+            window.page(key).open_folder(args.comparison)
         _shoot(app, ctx, window, f"{index:02d}-{key}", out)
         if key == "hyperparameters":
             page = window.page(key)

@@ -14,7 +14,7 @@ def test_sidebar_lists_the_flow_in_order(window) -> None:
     titles = [window.sidebar.item(i).text().split(".")[-1].strip()
               for i in range(window.sidebar.count())]
     assert titles == ["Model", "Data", "Method", "Hyperparameters", "Train", "Evaluate",
-                      "Export", "Runs"]
+                      "Export", "Compare methods", "Runs"]
     assert window.current_key() == "model"
     assert window.windowTitle() == "Tunesmith — untitled job"
 
