@@ -585,7 +585,7 @@ def run(args: argparse.Namespace) -> int:
     emit: ev.EventSink = _Lines(sys.stderr)
     if args.events_stdout:
         sys.stdout = sys.stderr  # stdout carries only event lines
-        emit = _JsonTo(out)
+        emit = ev.JsonLineSink(out)
     print(f"comparison folder: {plan.out}", file=sys.stderr, flush=True)
     comparison = Comparison(plan, emit, StopSignal(plan.out, args.events_stdout))
     try:
@@ -593,22 +593,9 @@ def run(args: argparse.Namespace) -> int:
         write_comparison(plan.out, data)
     finally:
         sys.stdout = out
-    if args.json:
-        out.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    elif not args.events_stdout:
-        out.write(format_table(data) + "\n")
-    return 0
+    return ev.write_result(out, data, as_json=args.json, quiet=args.events_stdout,
+                           format_text=format_table)
 
-
-class _JsonTo:
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self._lock = threading.Lock()
-
-    def __call__(self, event: ev.Event) -> None:
-        with self._lock:
-            self.stream.write(ev.to_json(event) + "\n")
-            self.stream.flush()
 
 
 def scan_comparisons(runs_dir: str | Path) -> list[Path]:

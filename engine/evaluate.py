@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     emit: ev.EventSink = _print_progress
     if args.events_stdout:
         sys.stdout = sys.stderr  # stdout carries only event lines
-        emit = _JsonTo(out)
+        emit = ev.JsonLineSink(out)
     try:
         result = evaluate_run(args.run_dir, emit=emit, prompts=prompts,
                               max_new_tokens=args.max_new_tokens, answers=not args.loss_only)
@@ -285,17 +285,6 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         sys.stdout = out
-    if args.json:
-        out.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    elif not args.events_stdout:
-        out.write(format_report(result) + "\n")
-    return 0
+    return ev.write_result(out, result, as_json=args.json, quiet=args.events_stdout,
+                           format_text=format_report)
 
-
-class _JsonTo:
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def __call__(self, event: ev.Event) -> None:
-        self.stream.write(ev.to_json(event) + "\n")
-        self.stream.flush()

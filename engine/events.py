@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -301,3 +302,26 @@ class EventWriter:
     def close(self) -> None:
         self._fh.close()
 
+
+class JsonLineSink:
+    """An EventSink that writes each event as one JSON line on ``stream`` (thread-safe)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self.stream.write(to_json(event) + "\n")
+            self.stream.flush()
+
+
+def write_result(out: Any, data: Any, *, as_json: bool, quiet: bool,
+                 format_text: Callable[[Any], str]) -> int:
+    """A verb's final answer on ``out``: JSON with --json, else the table (none when the
+    events go to stdout); exit code 0."""
+    if as_json:
+        out.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    elif not quiet:
+        out.write(format_text(data) + "\n")
+    return 0

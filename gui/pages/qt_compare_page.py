@@ -40,7 +40,7 @@ from engine.errors import UserError
 from engine.methods import METHODS
 from gui.controllers.compare_controller import CompareController
 from gui.widgets.qt_compare_chart import QtCompareChart
-from gui.widgets.qt_widgets import card, heading, human_count, muted, page_layout
+from gui.widgets.qt_widgets import card, connect_handlers, heading, human_count, muted, page_layout
 from gui.widgets.theme import FITS, TIGHT, WONT_FIT
 
 if TYPE_CHECKING:
@@ -108,11 +108,9 @@ class QtComparePage(QWidget):
         self._rows: dict[str, int] = {}  # method -> table row
         self._running: str = ""
         self._build()
-        self.controller.state_changed.connect(self._on_state_changed)
-        self.controller.progress.connect(self._on_progress)
-        self.controller.method_changed.connect(self._on_method_changed)
+        connect_handlers(self.controller, self, "state_changed", "progress", "method_changed",
+                         "failed")
         self.controller.result.connect(self.show_comparison)
-        self.controller.failed.connect(self._on_failed)
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.job.changed.connect(self._show_command)
         self._on_state_changed("idle")

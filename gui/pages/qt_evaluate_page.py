@@ -35,7 +35,8 @@ from PySide6.QtWidgets import (
 from gui.controllers.eval_controllers import ChatController, EvaluateController
 from gui.widgets.qt_chat import QtChat
 from gui.widgets.qt_run_picker import QtRunPicker
-from gui.widgets.qt_widgets import card, heading, muted, page_layout
+from gui.widgets.qt_status import show_failure, show_progress
+from gui.widgets.qt_widgets import card, connect_handlers, heading, muted, page_layout
 from gui.widgets.theme import ACCENT, FITS, WONT_FIT, muted_text
 
 if TYPE_CHECKING:
@@ -74,10 +75,7 @@ class QtEvaluatePage(QWidget):
         self.chat_controller = ChatController(self)
         self.result: dict[str, Any] = {}
         self._build()
-        self.controller.state_changed.connect(self._on_state_changed)
-        self.controller.progress.connect(self._on_progress)
-        self.controller.result.connect(self._on_result)
-        self.controller.failed.connect(self._on_failed)
+        connect_handlers(self.controller, self, "state_changed", "progress", "result", "failed")
         self.picker.run_changed.connect(self._on_run_changed)
         self._on_run_changed(str(self.picker.run_dir() or ""))
         self._on_state_changed("idle")
@@ -205,16 +203,10 @@ class QtEvaluatePage(QWidget):
                                 "No finished run yet: train one on the Train page.")
 
     def _on_progress(self, message: str, current: int, total: int) -> None:
-        if total > 1:
-            self.progress.setRange(0, total)
-            self.progress.setValue(current)
-        else:
-            self.progress.setRange(0, 0)
-        self.status.setText(f"{message}…" if message else "")
+        show_progress(self.progress, self.status, message, current, total)
 
     def _on_failed(self, message: str) -> None:
-        self.status.setText(f"<span style='color:{WONT_FIT}'>Failed: "
-                            f"{html.escape(message)}</span>")
+        show_failure(self.status, message)
 
     def _on_result(self, result: dict[str, Any]) -> None:
         self.result = result

@@ -35,8 +35,9 @@ from PySide6.QtWidgets import (
 
 from gui.controllers.eval_controllers import ExportController
 from gui.widgets.qt_run_picker import QtRunPicker
-from gui.widgets.qt_widgets import card, heading, muted, page_layout
-from gui.widgets.theme import FITS, TIGHT, WONT_FIT
+from gui.widgets.qt_status import show_failure, show_progress
+from gui.widgets.qt_widgets import card, connect_handlers, heading, muted, page_layout
+from gui.widgets.theme import FITS, TIGHT
 
 if TYPE_CHECKING:
     from gui.controllers.app_context import AppContext
@@ -72,10 +73,8 @@ class QtExportPage(QWidget):
         self.refusal: str | None = None
         self._folders: list[Path] = []
         self._build()
-        self.controller.state_changed.connect(self._on_state_changed)
-        self.controller.progress.connect(self._on_progress)
-        self.controller.exported.connect(self._on_exported)
-        self.controller.failed.connect(self._on_failed)
+        connect_handlers(self.controller, self, "state_changed", "progress", "exported",
+                         "failed")
         self.picker.run_changed.connect(self._on_run_changed)
         self._on_run_changed(str(self.picker.run_dir() or ""))
         self._on_state_changed("idle")
@@ -269,16 +268,10 @@ class QtExportPage(QWidget):
         self._update_buttons()
 
     def _on_progress(self, message: str, current: int, total: int) -> None:
-        if total > 1:
-            self.progress.setRange(0, total)
-            self.progress.setValue(current)
-        else:
-            self.progress.setRange(0, 0)
-        self.status.setText(f"{message}…" if message else "")
+        show_progress(self.progress, self.status, message, current, total)
 
     def _on_failed(self, message: str) -> None:
-        self.status.setText(f"<span style='color:{WONT_FIT}'>Failed: "
-                            f"{html.escape(message)}</span>")
+        show_failure(self.status, message)
 
     def _on_exported(self, result: dict[str, Any]) -> None:
         self.result_view.append(self._result_html(result))

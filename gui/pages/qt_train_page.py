@@ -40,7 +40,7 @@ from gui.controllers.run_controller import RunController, shared_controller
 from gui.widgets.qt_banners import QtBannerArea
 from gui.widgets.qt_gauges import QtGauges, TelemetrySampler
 from gui.widgets.qt_plots import QtTrainingPlots
-from gui.widgets.qt_widgets import card, page_layout
+from gui.widgets.qt_widgets import card, connect_handlers, page_layout
 
 if TYPE_CHECKING:
     from gui.controllers.app_context import AppContext
@@ -116,11 +116,8 @@ class QtTrainPage(QWidget):
         # QProgressBar.setValue repaints at once: update the bar and ETA ~4 times a second.
         self._progress_timer = QTimer(self, singleShot=True, interval=250)
         self._progress_timer.timeout.connect(self._on_progress_timer)
-        self.controller.reset.connect(self._on_reset)
-        self.controller.events.connect(self._on_events)
-        self.controller.log.connect(self._on_log)
-        self.controller.state_changed.connect(self._on_state_changed)
-        self.controller.finished.connect(self._on_finished)
+        connect_handlers(self.controller, self, "reset", "events", "log", "state_changed",
+                         "finished")
         app = QCoreApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.sampler.stop)

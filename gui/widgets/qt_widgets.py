@@ -22,6 +22,12 @@ from PySide6.QtWidgets import (
 from gui.controllers.job_model import JobModel
 
 
+def connect_handlers(source: Any, view: Any, *signals: str) -> None:
+    """Connect each named signal of ``source`` to the view's ``_on_<signal>`` slot."""
+    for name in signals:
+        getattr(source, name).connect(getattr(view, f"_on_{name}"))
+
+
 def heading(text: str, subtitle: str = "") -> QWidget:
     box = QWidget()
     layout = QVBoxLayout(box)

@@ -48,9 +48,8 @@ class QtMainWindow(QMainWindow):
         self._build_central()
         self._build_actions()
         self._build_status_bar()
-        self.job.changed.connect(self._on_job_changed)
-        self.job.path_changed.connect(self._on_job_changed)
-        self.job.dirty_changed.connect(self._on_job_changed)
+        for signal in (self.job.changed, self.job.path_changed, self.job.dirty_changed):
+            signal.connect(self._on_job_changed)
         ctx.tasks.busy_changed.connect(self._on_busy_changed)
         ctx.settings.recent_changed.connect(self._on_recent_changed)
         self._on_recent_changed()
