@@ -44,7 +44,11 @@ def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
 
 def _job(tmp_path: Path) -> Path:
     job = tmp_path / "job.yaml"
-    job.write_text(json.dumps({"name": "lock", "model": {"source": "tiny"},
+    model = tmp_path / "tiny"  # paths are checked before a run starts: make them real
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    (tmp_path / "data.jsonl").write_text('{"text": "hello"}\n')
+    job.write_text(json.dumps({"name": "lock", "model": {"source": str(model)},
                                "dataset": {"path": str(tmp_path / "data.jsonl")},
                                "output": {"runs_dir": str(tmp_path)}}))
     return job
