@@ -78,7 +78,8 @@ def test_train_warns_naming_the_repository_then_trains(remote_model: Path, chat_
     assert main(["train", str(_job(tmp_path, remote_model, chat_jsonl, True)),
                  "--run-dir", str(run_dir)]) == 0
     err = capsys.readouterr().err
-    assert "warning (trust_remote_code): model.trust_remote_code is on" in err and str(remote_model) in err
+    assert "warning (trust_remote_code): model.trust_remote_code is on" in err
+    assert str(remote_model) in err
     events = runs.run_events(run_dir)
     [warning] = [e for e in events if isinstance(e, ev.Warning) and e.code == "trust_remote_code"]
     assert str(remote_model) in warning.message and "will run on this machine" in warning.message
