@@ -116,13 +116,15 @@ def folder_error(folder: Path, exc: OSError, what: str) -> UserError:
                      code="bad_output")
 
 
-def disk_full(folder: Path, needed: int = 0) -> UserError:
-    """The "disk full" message: the folder, what is free there, and what is needed."""
+def disk_full(folder: Path, needed: int = 0, then: str = "resume the run with --resume"
+              ) -> UserError:
+    """The "disk full" message: the folder, what is free there, what is needed, and what to
+    do once there is room (``then``)."""
     free = _free_bytes(folder)
     need = f"; at least {_size(needed)} is needed" if needed else ""
     return UserError(f"disk full: {folder} has {_size(free)} free{need}",
-                     "free some space on that disk (or pick a folder on another one), then "
-                     "resume the run with --resume", code="disk_full")
+                     f"free some space on that disk (or pick a folder on another one), then "
+                     f"{then}", code="disk_full")
 
 
 def is_disk_full(exc: BaseException) -> bool:

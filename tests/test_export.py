@@ -382,6 +382,36 @@ def test_overwrite_replaces_an_export_and_nothing_beside_it(lora_run: Path,
         ".exp.old", ".exp.partial", "exp", "exp-notes.txt"]  # no staging left behind
 
 
+def test_disk_full_while_writing_keeps_the_old_export(lora_run: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The disk fills up half-way through `export --overwrite`: one "disk full" line, exit 2,
+    the previous export untouched and no partial folder left."""
+    import errno
+
+    from engine.cli import main
+    from engine.export import _export, export_run
+
+    out = tmp_path / "exp"
+    export_run(lora_run, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    copy = shutil.copy2
+
+    def copy_until_full(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(src).name.endswith(".safetensors"):
+            Path(dst).write_bytes(b"half a file")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return copy(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(_export.shutil, "copy2", copy_until_full)
+    assert main(["export", str(lora_run), "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "disk full" in err and str(tmp_path) in err and "export again" in err
+    assert "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # no staging left behind
+
+
 def test_malformed_event_lines_are_skipped_and_reported(lora_run: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]
                                                         ) -> None:

@@ -76,8 +76,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, ggu
         _check_gguf_supported(info)
     target = check_target(info, Path(out), overwrite)
     merge = merge or (info.is_full and not gguf)
-    check_disk_space(target, estimate_bytes(info, merge=merge, gguf=gguf, gguf_type=gguf_type,
-                                            dtype=dtype))
+    needed = estimate_bytes(info, merge=merge, gguf=gguf, gguf_type=gguf_type, dtype=dtype)
+    check_disk_space(target, needed)
     staging = _fresh_sibling(target, "partial")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging.mkdir()
@@ -87,8 +87,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, ggu
         _write_marker(staging, info, results)
         make_readable(staging)
         _replace(staging, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if runs.is_disk_full(exc):  # the disk filled up while writing: the old export stays
+            raise runs.disk_full(target.parent, needed, "export again") from None
         raise
     for event in results:
         sink(event)
