@@ -190,6 +190,13 @@ class RunController(QObject):
         """Continue ``run_dir`` from its last checkpoint; its curve continues."""
         self._require_idle()
         run_dir = Path(run_dir).resolve()
+        holder = runs.lock_holder(run_dir)
+        if holder is not None:
+            # Another trainer holds the folder: starting one would be refused, and removing
+            # its STOP file first would cancel the user's pending stop. Watch it instead.
+            self.attach(run_dir)
+            self._say_already_training(holder.pid)
+            return
         events = run_dir / runs.EVENTS_FILE
         if run_dir == self.run_dir and self.history:
             self._renew(run_dir)  # shown already: the curve just goes on
@@ -308,6 +315,14 @@ class RunController(QObject):
                 holder.kill()
         elif self._pid and runs.pid_alive(self._pid):
             self._say_cannot_stop()
+
+    def _say_already_training(self, pid: int) -> None:
+        warning = ev.Warning(
+            code="already_training",
+            message=f"{self.run_dir} is being trained by process {pid} already (its lock file "
+                    "says so), so it was not resumed again: this page follows that training")
+        self.history.append(warning)
+        self.events.emit([warning])
 
     def _say_cannot_stop(self) -> None:
         warning = ev.Warning(

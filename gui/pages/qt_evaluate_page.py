@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 from gui.controllers.eval_controllers import ChatController, EvaluateController
 from gui.widgets.qt_chat import QtChat
+from gui.widgets.qt_remote_code import RemoteCodeAsker
 from gui.widgets.qt_run_picker import QtRunPicker
 from gui.widgets.qt_status import show_failure, show_progress
 from gui.widgets.qt_widgets import card, connect_handlers, heading, muted, page_layout
@@ -67,7 +68,7 @@ def _change(base: float, tuned: float) -> tuple[str, str | None]:
     return f"{pct:+.1f}%", FITS if pct < 0 else WONT_FIT if pct > 0 else None
 
 
-class QtEvaluatePage(QWidget):
+class QtEvaluatePage(RemoteCodeAsker, QWidget):
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.ctx, self.job = ctx, ctx.job
@@ -183,6 +184,8 @@ class QtEvaluatePage(QWidget):
         if run_dir is None or self.controller.is_running():
             return
         self._show_command()
+        if not self.confirm_run(run_dir):
+            return
         self.controller.start(run_dir, prompts=self._prompt_list() or None,
                               max_new_tokens=self.max_tokens.value())
 

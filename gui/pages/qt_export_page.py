@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from gui.controllers.eval_controllers import ExportController
+from gui.widgets.qt_remote_code import RemoteCodeAsker
 from gui.widgets.qt_run_picker import QtRunPicker
 from gui.widgets.qt_status import show_failure, show_progress
 from gui.widgets.qt_widgets import card, connect_handlers, heading, muted, page_layout
@@ -65,7 +66,7 @@ def _non_empty(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
 
-class QtExportPage(QWidget):
+class QtExportPage(RemoteCodeAsker, QWidget):
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.ctx, self.job = ctx, ctx.job
@@ -220,6 +221,10 @@ class QtExportPage(QWidget):
             return
         if taken and not self._confirm_overwrite(taken):
             return
+        run_dir = self.picker.run_dir()
+        if run_dir is not None and _loads_the_base(run_dir, steps) and not self.confirm_run(
+                run_dir):
+            return  # the base model's own code would run to merge, convert or load it
         steps = self.plan(overwrite=bool(taken))
         self._folders = [t for t, _ in steps]
         self.result_view.clear()
@@ -301,3 +306,18 @@ class QtExportPage(QWidget):
     # ------------------------------------------------------------------ lifetime
     def shutdown(self) -> None:
         self.controller.shutdown()
+
+
+def _loads_the_base(run_dir: str | Path, steps: list[tuple[Path, list[str]]]) -> bool:
+    """Whether the export loads the base model (merge, GGUF, or a fully fine-tuned model);
+    copying an adapter runs none of its code."""
+    from engine.config import load_job
+    from engine.errors import UserError
+    from engine.runs import JOB_FILE
+
+    if any("--merge" in cmd or "--gguf" in cmd for _, cmd in steps):
+        return True
+    try:
+        return load_job(Path(run_dir) / JOB_FILE).method.name == "full"
+    except (UserError, OSError, ValueError):
+        return True

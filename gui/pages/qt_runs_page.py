@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 from engine.runs import Curves, RunSummary, load_curves, scan_runs
 from gui.controllers.run_controller import shared_controller
 from gui.widgets.qt_plots import make_plot
+from gui.widgets.qt_remote_code import RemoteCodeAsker
 from gui.widgets.qt_widgets import heading, page_layout
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def _loss(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-class QtRunsPage(QWidget):
+class QtRunsPage(RemoteCodeAsker, QWidget):
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.ctx, self.job = ctx, ctx.job
@@ -204,6 +205,8 @@ class QtRunsPage(QWidget):
     def _on_resume(self) -> None:
         runs = self.selected_runs()
         if len(runs) == 1 and not self.controller.is_active():
+            if not self.confirm_run(runs[0].run_dir):
+                return
             self.controller.resume(runs[0].run_dir)
             self._show_train_page()
 

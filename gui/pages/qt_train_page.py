@@ -40,6 +40,7 @@ from gui.controllers.run_controller import RunController, shared_controller
 from gui.widgets.qt_banners import QtBannerArea
 from gui.widgets.qt_gauges import QtGauges, TelemetrySampler
 from gui.widgets.qt_plots import QtTrainingPlots
+from gui.widgets.qt_remote_code import RemoteCodeAsker
 from gui.widgets.qt_widgets import card, connect_handlers, page_layout
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class QtSamples(QTextBrowser):
         self.setHtml("".join(parts))
 
 
-class QtTrainPage(QWidget):
+class QtTrainPage(RemoteCodeAsker, QWidget):
     """Built from the app context; shares its controller with the Runs page."""
 
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
@@ -220,26 +221,9 @@ class QtTrainPage(QWidget):
         run_dir = self.controller.run_dir
         if run_dir is None:
             return
-        source = _remote_code_source(run_dir)
-        if source is not None and not self.confirm_remote_code(source):
+        if not self.confirm_run(run_dir):
             return
         self.controller.resume(run_dir)
-
-    def confirm_remote_code(self, source: str) -> bool:
-        """Asked before a job with ``model.trust_remote_code`` runs (tests replace it)."""
-        box = self.remote_code_box(source)
-        box.exec()
-        return box.clickedButton() is box.button(QMessageBox.StandardButton.Yes)
-
-    def remote_code_box(self, source: str) -> QMessageBox:
-        box = QMessageBox(
-            QMessageBox.Icon.Warning, "Run the model's own code?",
-            f"This job has model.trust_remote_code on. Python code that ships with "
-            f"{source} will run on this computer, with your permissions, when the model, its "
-            "config and its tokenizer load.\n\nOnly go on if you trust that repository.",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
-        box.setDefaultButton(QMessageBox.StandardButton.No)
-        return box
 
     def start_job(self) -> Path | None:
         """Start the window's job (the Start button)."""
@@ -502,15 +486,6 @@ class QtTrainPage(QWidget):
         child is stopped too unless the user chose to keep it in the background."""
         self.sampler.stop()
         self.controller.shutdown()
-
-
-def _remote_code_source(run_dir: Path) -> str | None:
-    """The model source of a run folder's job when it trusts remote code, else None."""
-    try:
-        job = load_job(run_dir / JOB_FILE)
-    except (UserError, OSError, ValueError):
-        return None
-    return job.model.source if job.model.trust_remote_code else None
 
 
 def predicted_peak_gb(job: dict[str, Any], device: str) -> float | None:

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from gui.controllers.eval_controllers import ChatController
+from gui.widgets.qt_remote_code import RemoteCodeAsker
 from gui.widgets.qt_widgets import card, muted
 from gui.widgets.theme import muted_text
 
@@ -70,7 +71,7 @@ class QtChatPane(QTextBrowser):
         self.ensureCursorVisible()
 
 
-class QtChat(QWidget):
+class QtChat(RemoteCodeAsker, QWidget):
     def __init__(self, controller: ChatController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.controller = controller
@@ -167,7 +168,7 @@ class QtChat(QWidget):
         self._on_state_changed(self.controller.state)
 
     def _on_start(self) -> None:
-        if self.run_dir and self.controller.state == "off":
+        if self.run_dir and self.controller.state == "off" and self.confirm_run(self.run_dir):
             self.controller.start(self.run_dir)
 
     def _on_send(self) -> None:
@@ -176,6 +177,9 @@ class QtChat(QWidget):
             return
         self.message.clear()
         if self.controller.state == "off":
+            if not self.confirm_run(self.run_dir):
+                self.message.setText(text)  # nothing is lost: the message waits in its box
+                return
             self._pending = text
             self.controller.start(self.run_dir)
             return
