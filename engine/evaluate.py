@@ -70,7 +70,7 @@ def _evaluate_sft(info: Any, emit: ev.EventSink, prompts: list[str] | None,
     emit(ev.Progress(stage="evaluate", current=0, total=1, message="loading base and tuned"))
     pair = load_pair(info, emit=emit)
     stops = stop_token_ids(tokenizer, getattr(config, "eos_token_id", None))
-    prompts = list(prompts or info.job.training.sample_prompts or _prompts_from(data)
+    prompts = list(prompts or sample_prompts_for(info.job, data)
                    or DEFAULT_PROMPTS) if answers else []
     result: dict[str, Any] = {"run_dir": str(info.run_dir), "task": "sft",
                               "method": info.method, "eval_rows": len(data.eval),
@@ -91,6 +91,12 @@ def _evaluate_sft(info: Any, emit: ev.EventSink, prompts: list[str] | None,
         result["note"] = "the run has no held-out rows (dataset.eval_split: 0): no loss to show"
     _emit_summary(result, info, emit)
     return result
+
+
+def sample_prompts_for(job: Any, data: Any) -> list[str]:
+    """The prompts answered to show the model change, in training and in Evaluate alike:
+    ``training.sample_prompts`` when set, else the first held-out questions."""
+    return list(job.training.sample_prompts or _prompts_from(data))
 
 
 def _prompts_from(data: Any) -> list[str]:

@@ -90,8 +90,7 @@ class QtSamples(QTextBrowser):
 
     def _on_render(self) -> None:
         if not self.samples:
-            self.setHtml("<p style='color:gray'>Sample answers appear here at each evaluation "
-                         "(set training.sample_prompts and training.eval_steps).</p>")
+            self.setHtml(SAMPLES_HINT)
             return
         parts = []
         for s in reversed(self.samples[-24:]):
@@ -523,6 +522,13 @@ def predicted_peak_gb(job: dict[str, Any], device: str) -> float | None:
         return float(predict_job_peak(job_from_dict(job), kind).gib()["expected_gb"])
     except Exception:  # optional: the gauges work without the marker
         return None
+
+
+SAMPLES_HINT = ("<p style='color:gray'>Sample answers appear here at each evaluation: at "
+                "the end, or every N steps with Hyperparameters › Advanced › <i>Eval every N "
+                "steps</i>. They answer the first held-out questions, or your own "
+                "<i>Sample prompts</i> (same page). No held-out rows (Training › <i>Eval "
+                "split</i> 0): no evaluation, no samples.</p>")
 
 
 def _sentence(text: str) -> str:
