@@ -316,8 +316,9 @@ class QtTrainPage(QWidget):
                                 f"{text.get(status, status)}")
         if status == "completed":
             self.progress.setValue(self.progress.maximum())
-        if self._last_step is not None:
-            self.eta_label.setText(f"elapsed {_duration(self._last_step.elapsed_s)}")
+        clock = finished_clock(self.controller.history, self._last_step)
+        if clock:
+            self.eta_label.setText(clock)
         self._banners_after_run()
         self.resume_button.setEnabled(self._can_resume())
         actions, self._after_finish = self._after_finish, []
@@ -539,6 +540,18 @@ def _sentence(text: str) -> str:
 def _log_step(s: ev.Step) -> bool:
     """Log every step of a short run, every 10th of a long one."""
     return s.max_steps <= 200 or s.step % 10 == 0 or not math.isfinite(s.loss)
+
+
+def finished_clock(history: list[ev.Event], last: ev.Step | None) -> str:
+    """The run's time when it ends, on the log's clock: ``run_finished``'s seconds (loading
+    included), with the training steps' own share."""
+    end = next((e for e in reversed(history) if isinstance(e, ev.RunFinished)), None)
+    if end is None or not end.elapsed_s:
+        return f"elapsed {_duration(last.elapsed_s)}" if last is not None else ""
+    text = f"whole run {_duration(end.elapsed_s)} ({end.elapsed_s:.0f} s, as in the log)"
+    if last is not None:
+        text += f"  ·  training steps {_duration(last.elapsed_s)}"
+    return text
 
 
 def _duration(seconds: float) -> str:
