@@ -442,7 +442,7 @@ def _setup_trainer(job: JobConfig, args: Any, model: Any, tokenizer: Any, data: 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from engine._callback import EventCallback
-    from engine.evaluate import sample_prompts_for
+    from engine._samples import sample_prompts_for
     from engine.methods import get_method
 
     callback = EventCallback(emit, should_stop, tokenizer=tokenizer,

@@ -290,7 +290,7 @@ def test_disk_full_at_start_says_so(tiny_llama_dir: Path, chat_jsonl: Path, tmp_
 def test_samples_fall_back_to_held_out_questions(tiny_llama_dir: Path, chat_jsonl: Path,
                                                  tmp_path: Path) -> None:
     """No training.sample_prompts: the evaluation answers the held-out questions, as Evaluate
-    does (engine.evaluate.sample_prompts_for is the one rule)."""
+    does (engine._samples.sample_prompts_for is the one rule)."""
     events: list = []
     job = make_job(tiny_llama_dir, chat_jsonl, tmp_path, max_steps=2,
                    sample_max_new_tokens=2)
