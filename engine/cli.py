@@ -78,9 +78,14 @@ def _not_kernels_hint(record: logging.LogRecord) -> bool:
     return "pip install kernels" not in record.getMessage()
 
 
+def quiet_bitsandbytes() -> None:
+    """Drop bitsandbytes' "pip install kernels" warning (the GUI calls this too)."""
+    logging.getLogger(BNB_CPU_LOGGER).addFilter(_not_kernels_hint)
+
+
 def quiet_libraries() -> None:
     """Keep library chatter off the terminal: our own progress reports replace it."""
-    logging.getLogger(BNB_CPU_LOGGER).addFilter(_not_kernels_hint)
+    quiet_bitsandbytes()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

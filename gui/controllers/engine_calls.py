@@ -11,7 +11,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from engine.cli import quiet_bitsandbytes
 from engine.config import MethodConfig
+
+quiet_bitsandbytes()  # the engine runs in-process here too (advisor, parameter counts)
 
 # --------------------------------------------------------------------------- models
 

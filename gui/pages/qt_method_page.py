@@ -79,7 +79,7 @@ class QtMethodPage(QWidget):
         self.arch_map = QtArchitectureMap(ctx)
         right.addWidget(self.advisor)
         right.addWidget(self.arch_map)
-        right.setSizes([360, 280])
+        right.setSizes([400, 240])
         splitter.addWidget(right)
         splitter.setSizes([470, 570])
         layout.addWidget(splitter, 1)

@@ -156,8 +156,8 @@ class QtAdvisor(QWidget):
             if m:
                 rows.append(_memory_row(name, self.labels.get(name, name), m, vram))
         self.bars.set_rows(rows, vram)
-        self.status.setText("Predicted peak memory — bar: expected, whisker: low–high. "
-                            "Click a row to choose.")
+        self.status.setText("Peak memory on the planned GPU — bar: expected, whisker: "
+                            "low–high. Click a row to choose.")
         rec = result.get("recommendation") or {}
         self.recommendation.setText(_recommendation_text(rec, self.labels))
         self.apply_button.setEnabled(bool(rec.get("method")))
@@ -190,10 +190,9 @@ _gb = to_gib
 def job_peak_text(peak: dict[str, Any], method: str, labels: dict[str, str]) -> str:
     """"This job (LoRA) on the CPU: predicted peak 2.24 GiB" -- the Train page's figure."""
     where = "the GPU" if peak.get("device") == "cuda" else "the CPU"
-    return (f"This job ({labels.get(method, method)}) as it will run, on {where}: "
-            f"predicted peak <b>{gib(peak.get('expected_gb'))}</b> "
-            f"({gib(peak.get('compared_gb'))} of it during training, what the run's "
-            f"memory check measures).")
+    return (f"This job ({labels.get(method, method)}) on {where}: predicted peak "
+            f"<b>{gib(peak.get('expected_gb'))}</b>, as the Train page and the memory check "
+            f"say.")
 
 
 def _gpu_text(gpu: dict[str, Any]) -> str:

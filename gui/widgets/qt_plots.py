@@ -78,14 +78,18 @@ class Series:
 
 
 def tick_text(value: float, spacing: float) -> str | None:
-    """A tick label for very small or very large values (``2.0e-04``), else None for
-    pyqtgraph's own; never a shared "(x1e-12)" factor on the axis label."""
+    """A tick label for very small or very large values (``2e-4``, ``5.5e-5``), else None
+    for pyqtgraph's own; never a shared "(x1e-12)" factor on the axis label."""
     if value == 0:
         return "0"
-    if abs(value) < 1e-3 or abs(value) >= 1e5:
-        digits = 1 if spacing == 0 or abs(spacing / value) > 0.05 else 2
-        return f"{value:.{digits}e}"
-    return None
+    if abs(value) >= 1e-3 and abs(value) < 1e5:
+        return None
+    decimals = 0
+    if spacing > 0:
+        decimals = min(2, max(0, math.floor(math.log10(abs(value)))
+                              - math.floor(math.log10(spacing))))
+    mantissa, _, exponent = f"{value:.{decimals}e}".partition("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 class ValueAxis(pg.AxisItem):
@@ -258,6 +262,8 @@ class QtTrainingPlots(QWidget):
         layout.setRowStretch(1, 2)
         controller.reset.connect(self._on_reset)
         controller.events.connect(self._on_events)
+        for plot in (self.loss_plot, self.lr_plot, self.grad_plot, self.speed_plot):
+            plot.apply_palette()  # the legend exists now: its labels take the text colour
         self._on_events(controller.history)
 
     # ------------------------------------------------------------------ events

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor, QFont, QFontDatabase, QGuiApplication, QPalette
+from PySide6.QtGui import QColor, QFont, QFontDatabase, QFontInfo, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
 
 # Semantic colours shared by the views (status of a method, trained tokens and modules).
@@ -76,7 +76,9 @@ EMOJI_FONTS = ("Noto Color Emoji", "Apple Color Emoji", "Segoe UI Emoji", "Twemo
 def font_with_fallbacks(font: QFont) -> QFont:
     """``font`` with the installed emoji fonts as fallback families."""
     installed = set(QFontDatabase.families())
-    first = font.families()[0] if font.families() else font.family()
+    # The family really used (a generic "Sans Serif" resolved by fontconfig): with a name no
+    # font has, every glyph, digits and spaces too, would come from the emoji font.
+    first = QFontInfo(font).family()
     out = QFont(font)
     out.setFamilies([first, *(f for f in EMOJI_FONTS if f in installed and f != first)])
     return out

@@ -91,7 +91,8 @@ def test_axis_labels_read_plainly(plots) -> None:  # type: ignore[no-untyped-def
     _flush(plots)
     lr_axis = plots.lr_plot.getPlotItem().getAxis("left")
     assert "x1e" not in lr_axis.labelString()
-    assert lr_axis.tickStrings([2e-4, 4e-4], 1.0, 2e-4) == ["2.0e-04", "4.0e-04"]
+    assert lr_axis.tickStrings([2e-4, 4e-4], 1.0, 2e-4) == ["2e-4", "4e-4"]
+    assert tick_text(5.5e-5, 5e-6) == "5.5e-5"
     assert tick_text(0.5, 0.1) is None and tick_text(0, 1) == "0"
     grad_label = plots.grad_plot.getPlotItem().getAxis("left").labelString()
     assert "norm" in grad_label and "‖" not in grad_label
@@ -108,4 +109,7 @@ def test_plots_follow_dark_mode(plots, qapp) -> None:  # type: ignore[no-untyped
     assert plots.loss_plot.backgroundBrush().color().lightness() < 128 < light
     text = QApplication.palette().color(QPalette.ColorRole.Text).name()
     assert text in plots.lr_plot.getPlotItem().getAxis("left").labelString()
+    legend = plots.loss_plot.getPlotItem().legend
+    assert all(label.opts["color"] == text or label.opts["color"].name() == text
+               for _sample, label in legend.items)
     apply_theme(qapp, dark=False)
