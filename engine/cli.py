@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -67,8 +68,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
+def _not_kernels_hint(record: logging.LogRecord) -> bool:
+    """False for bitsandbytes' "pip install kernels" warning: on an AVX-512 BF16 CPU it is
+    logged when bitsandbytes is imported, for any run (a plain LoRA one too), about an optional
+    faster 4-bit kernel that 4-bit on the CPU works without."""
+    return "pip install kernels" not in record.getMessage()
+
+
+def quiet_bitsandbytes() -> None:
+    """Drop bitsandbytes' "pip install kernels" warning (the GUI calls this too)."""
+    logging.getLogger(BNB_CPU_LOGGER).addFilter(_not_kernels_hint)
+
+
 def quiet_libraries() -> None:
     """Keep library chatter off the terminal: our own progress reports replace it."""
+    quiet_bitsandbytes()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

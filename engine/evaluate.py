@@ -19,6 +19,7 @@ from typing import Any
 
 from engine import events as ev
 from engine import runs
+from engine._samples import sample_prompts_for
 from engine.errors import UserError
 
 DEFAULT_PROMPTS = (
@@ -26,7 +27,6 @@ DEFAULT_PROMPTS = (
     "What is the capital of France?",
     "Give me three tips for staying focused.",
 )
-MAX_PROMPTS_FROM_DATA = 3
 
 
 def evaluate_run(run_dir: str | Path, *, emit: ev.EventSink | None = None,
@@ -70,7 +70,7 @@ def _evaluate_sft(info: Any, emit: ev.EventSink, prompts: list[str] | None,
     emit(ev.Progress(stage="evaluate", current=0, total=1, message="loading base and tuned"))
     pair = load_pair(info, emit=emit)
     stops = stop_token_ids(tokenizer, getattr(config, "eos_token_id", None))
-    prompts = list(prompts or info.job.training.sample_prompts or _prompts_from(data)
+    prompts = list(prompts or sample_prompts_for(info.job, data)
                    or DEFAULT_PROMPTS) if answers else []
     result: dict[str, Any] = {"run_dir": str(info.run_dir), "task": "sft",
                               "method": info.method, "eval_rows": len(data.eval),
@@ -91,21 +91,6 @@ def _evaluate_sft(info: Any, emit: ev.EventSink, prompts: list[str] | None,
         result["note"] = "the run has no held-out rows (dataset.eval_split: 0): no loss to show"
     _emit_summary(result, info, emit)
     return result
-
-
-def _prompts_from(data: Any) -> list[str]:
-    """The first user turns of held-out conversations (or prompts of prompt/completion rows)."""
-    out = []
-    for sample in data.eval_samples:
-        if sample.messages:
-            users = [m["content"] for m in sample.messages if m.get("role") == "user"]
-            if users:
-                out.append(users[0])
-        elif sample.prompt:
-            out.append(sample.prompt)
-        if len(out) == MAX_PROMPTS_FROM_DATA:
-            break
-    return out
 
 
 def held_out_loss(model: Any, rows: list[dict[str, list[int]]], pad_id: int, batch_size: int,

@@ -119,3 +119,31 @@ def _peak_rss_gb() -> float | None:
         return round(peak_rss_bytes() / GIB, 3) or None
     except Exception:
         return None
+
+
+ABOUT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets")
+
+
+def library_versions() -> dict[str, Any]:
+    """What the About box shows: the libraries' versions (None when not installed), the
+    CUDA build of torch and whether a GPU answers, and the detected GPUs (``gpu_status``)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in ABOUT_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    cuda: str | None = None
+    cuda_available = False
+    try:
+        import torch
+
+        cuda = torch.version.cuda
+        cuda_available = bool(torch.cuda.is_available())
+    except ImportError:
+        pass
+    status = gpu_status()
+    return {"versions": versions, "cuda": cuda, "cuda_available": cuda_available,
+            "gpus": status["gpus"], "gpu_reason": status["reason"]}

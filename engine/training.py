@@ -442,10 +442,11 @@ def _setup_trainer(job: JobConfig, args: Any, model: Any, tokenizer: Any, data: 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from engine._callback import EventCallback
+    from engine._samples import sample_prompts_for
     from engine.methods import get_method
 
     callback = EventCallback(emit, should_stop, tokenizer=tokenizer,
-                             sample_prompts=[] if task else job.training.sample_prompts,
+                             sample_prompts=[] if task else sample_prompts_for(job, data),
                              sample_max_new_tokens=job.training.sample_max_new_tokens,
                              device=device)
     trainer = make_trainer_class()(

@@ -236,3 +236,19 @@ def test_engine_never_loads_qt_in_a_fresh_interpreter() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_bitsandbytes_kernels_hint_is_filtered(caplog: pytest.LogCaptureFixture) -> None:
+    """The "pip install kernels" warning bitsandbytes logs on import (AVX-512 BF16 CPUs) is
+    dropped; its other warnings still reach the log."""
+    import logging
+
+    from engine.cli import BNB_CPU_LOGGER, quiet_libraries
+
+    quiet_libraries()
+    logger = logging.getLogger(BNB_CPU_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=BNB_CPU_LOGGER):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: x. "
+                       "Please make sure you already `pip install kernels`")
+        logger.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]

@@ -225,3 +225,14 @@ def test_inspect_with_model_gives_lengths_and_preview(tmp_path: Path,
     short = inspect_dataset(str(path), model_source=str(tiny_llama_dir),
                             max_length=min(full.lengths) - 1)
     assert (short.truncated, short.dropped, len(short.preview)) == (2, 0, 2)
+
+
+def test_unterminated_string_message_reads_once(tmp_path: Path) -> None:
+    """Python's "Unterminated string starting at" plus our " at column" read "at at"."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": "no end')
+    with pytest.raises(DataError) as info:
+        read_rows(str(path))
+    text = str(info.value) + " ".join(getattr(info.value, "problems", []) or [])
+    assert "Unterminated string starting at column 10" in text
+    assert "at at" not in text

@@ -285,3 +285,19 @@ def test_disk_full_at_start_says_so(tiny_llama_dir: Path, chat_jsonl: Path, tmp_
     assert "disk full" in err and str(run_dir) in err and "Traceback" not in err
     codes = [e.code for e in runs.run_events(run_dir) if isinstance(e, ev.Error)]
     assert codes == ["disk_full"]
+
+
+def test_samples_fall_back_to_held_out_questions(tiny_llama_dir: Path, chat_jsonl: Path,
+                                                 tmp_path: Path) -> None:
+    """No training.sample_prompts: the evaluation answers the held-out questions, as Evaluate
+    does (engine._samples.sample_prompts_for is the one rule)."""
+    events: list = []
+    job = make_job(tiny_llama_dir, chat_jsonl, tmp_path, max_steps=2,
+                   sample_max_new_tokens=2)
+    assert job.training.sample_prompts == []
+    assert run_training(job, run_dir=tmp_path / "run", emit=events.append).status == "completed"
+    samples = [e for e in events if isinstance(e, ev.Sample)]
+    assert samples, "no sample answers without training.sample_prompts"
+    held_out = {json.loads(line)["messages"][0]["content"]
+                for line in chat_jsonl.read_text().splitlines() if line.strip()}
+    assert {s.prompt for s in samples} <= held_out

@@ -48,6 +48,7 @@ class MemoryCheckCallback(TrainerCallback):
         self._maxrss_begin = 0
         self._shape = (0, 0)  # the (batch, tokens) of the biggest batch seen
         self._hook: Any = None
+        self._job_peak = 0.0  # the job-level prediction (Method page, gauges), bytes
 
     # ------------------------------------------------------------------ trainer events
 
@@ -128,6 +129,7 @@ class MemoryCheckCallback(TrainerCallback):
         kwargs = {"batch_size": batch, "seq_len": tokens} if batch else {}
         predicted = predict_job_peak(self.job, self.device, **kwargs).compared
         raw = predict_job_peak(self.job, self.device, corrected=False, **kwargs).compared
+        self._job_peak = predict_job_peak(self.job, self.device).expected
         self._report(measured, predicted, raw, batch, tokens)
 
     def _report(self, measured: float, predicted: float, raw: float, batch: int,
@@ -144,4 +146,6 @@ class MemoryCheckCallback(TrainerCallback):
                 f"The advisor predicted {predicted / GIB:.2f} GiB but the {what} was "
                 f"{measured / GIB:.2f} GiB ({off:+.0%}) for {model} with {method} at "
                 f"batch {batch} x {tokens} tokens. The next prediction for this model and "
-                f"method is corrected."))
+                f"method is corrected. (At the job's own settings the advisor predicts a "
+                f"{self._job_peak / GIB:.2f} GiB peak: the figure the Method page and the "
+                f"Train page's gauges show.)"))

@@ -35,8 +35,8 @@ def _read_jsonl(path: Path) -> tuple[list[Row], list[str]]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                problems.append(f"{path.name} line {n}: not valid JSON ({exc.msg} at column "
-                                f"{exc.colno}); each line must be one JSON object")
+                problems.append(f"{path.name} line {n}: not valid JSON ({json_error(exc)}); "
+                                "each line must be one JSON object")
                 continue
             if not isinstance(value, dict):
                 problems.append(f"{path.name} line {n}: expected a JSON object, got "
@@ -46,6 +46,13 @@ def _read_jsonl(path: Path) -> tuple[list[Row], list[str]]:
     return rows, problems
 
 
+def json_error(exc: json.JSONDecodeError) -> str:
+    """"Expecting value at column 5"; Python's "Unterminated string starting at" already ends
+    in "at", so it reads "... starting at column 5", not "at at"."""
+    sep = " " if exc.msg.endswith(" at") else " at "
+    return f"{exc.msg}{sep}column {exc.colno}"
+
+
 def _read_json(path: Path) -> tuple[list[Row], list[str]]:
     text = path.read_text(encoding="utf-8-sig")
     try:
@@ -53,8 +60,7 @@ def _read_json(path: Path) -> tuple[list[Row], list[str]]:
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # a JSONL file named .json
             return _read_jsonl(path)
-        return [], [f"{path.name} line {exc.lineno}: not valid JSON ({exc.msg} at column "
-                    f"{exc.colno})"]
+        return [], [f"{path.name} line {exc.lineno}: not valid JSON ({json_error(exc)})"]
     if isinstance(value, dict):
         # {"data": [{...}, ...]}: one list of rows under a wrapper key is read as the rows.
         wrapped = [k for k, v in value.items() if isinstance(v, list) and v

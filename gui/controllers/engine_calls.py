@@ -11,7 +11,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from engine.cli import quiet_bitsandbytes
 from engine.config import MethodConfig
+
+quiet_bitsandbytes()  # the engine runs in-process here too (advisor, parameter counts)
 
 # --------------------------------------------------------------------------- models
 
@@ -120,6 +123,24 @@ def advise(source: str, **kwargs: Any) -> dict[str, Any]:
     from engine.advisor import advise as engine_advise
 
     return dict(engine_advise(source, **kwargs))
+
+
+def job_peak(job: Any) -> dict[str, Any]:
+    """The advisor's predicted peak for ``job`` as it will run (its device, dtype, batch and
+    max length): the one prediction the Method page, the Train page's gauges and the run's
+    memory check all show (``engine.advisor.predict_job_peak``). Sizes in GiB."""
+    from engine.advisor import predict_job_peak
+    from engine.errors import UserError
+    from engine.models import pick_device
+
+    try:
+        device = pick_device(job.training.device)
+    except UserError:
+        device = "cpu"
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    est = predict_job_peak(job, kind)
+    return {"device": kind, "expected_gb": est.expected / 2**30,
+            "compared_gb": est.compared / 2**30}
 
 
 def method_shares(source: str) -> dict[str, float | None]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
+from PySide6.QtWidgets import QMessageBox, QWidget
 
 from engine.errors import UserError
+from gui.controllers import file_dialogs
 
 if TYPE_CHECKING:
     from gui.controllers.app_context import AppContext
@@ -37,13 +38,13 @@ def save_job(parent: QWidget, ctx: AppContext, path: str) -> bool:
 
 
 def open_job_dialog(parent: QWidget, ctx: AppContext) -> bool:
-    path, _ = QFileDialog.getOpenFileName(parent, "Open job", "", JOB_FILTER)
+    path = file_dialogs.open_file(parent, ctx.settings, "Open job", JOB_FILTER)
     return bool(path) and open_job(parent, ctx, path)
 
 
 def save_job_dialog(parent: QWidget, ctx: AppContext) -> bool:
     start = ctx.job.path or f"{ctx.job.job.name}.yaml"
-    path, _ = QFileDialog.getSaveFileName(parent, "Save job", start, JOB_FILTER)
+    path = file_dialogs.save_file(parent, ctx.settings, "Save job", JOB_FILTER, start)
     if not path:
         return False
     return save_job(parent, ctx, path if Path(path).suffix else f"{path}.yaml")

@@ -42,6 +42,7 @@ from gui.controllers.compare_controller import CompareController
 from gui.widgets.qt_compare_chart import QtCompareChart
 from gui.widgets.qt_widgets import card, connect_handlers, heading, human_count, muted, page_layout
 from gui.widgets.theme import FITS, TIGHT, WONT_FIT
+from gui.widgets.units import UNIT
 
 if TYPE_CHECKING:
     from gui.controllers.app_context import AppContext
@@ -85,7 +86,7 @@ def cell_text(key: str, value: Any) -> str:
         return _fmt(None if value is None else 100 * value, ".0f", "%")
     spec = {"peak_memory_gb": ".2f", "tokens_per_s": ",.0f", "wall_s": ".0f",
             "perplexity": ".2f"}.get(key, ".4f")
-    suffix = {"peak_memory_gb": " GB", "wall_s": " s"}.get(key, "")
+    suffix = {"peak_memory_gb": f" {UNIT}", "wall_s": " s"}.get(key, "")
     return _fmt(value, spec, suffix)
 
 

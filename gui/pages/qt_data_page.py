@@ -11,7 +11,6 @@ from PySide6.QtCore import QTimer
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QComboBox,
-    QFileDialog,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -24,7 +23,7 @@ from PySide6.QtWidgets import (
 
 from engine.config import FORMATS
 from engine.errors import DataError, UserError
-from gui.controllers import engine_calls
+from gui.controllers import engine_calls, file_dialogs
 from gui.widgets.qt_config_form import QtConfigForm
 from gui.widgets.qt_histogram import QtLengthHistogram
 from gui.widgets.qt_widgets import card, heading, page_layout
@@ -43,7 +42,7 @@ INSPECT_KEYS = {"", "task", "model.source", "dataset.path", "dataset.format",
 class QtDataPage(QWidget):
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.job, self.tasks = ctx.job, ctx.tasks
+        self.job, self.tasks, self.settings = ctx.job, ctx.tasks, ctx.settings
         self.report: Any = None
         self.setAcceptDrops(True)
         layout = page_layout(self)
@@ -202,7 +201,7 @@ class QtDataPage(QWidget):
             self.rows_label.setText(exc.message)
 
     def _on_browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Dataset", "", DATA_FILTER)
+        path = file_dialogs.open_file(self, self.settings, "Dataset", DATA_FILTER)
         if path:
             self._set_path(path)
 

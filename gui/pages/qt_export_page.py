@@ -14,12 +14,9 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QUrl
-from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFrame,
     QGridLayout,
     QHBoxLayout,
@@ -33,12 +30,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from gui.controllers import file_dialogs
 from gui.controllers.eval_controllers import ExportController
 from gui.widgets.qt_remote_code import RemoteCodeAsker
 from gui.widgets.qt_run_picker import QtRunPicker
 from gui.widgets.qt_status import show_failure, show_progress
 from gui.widgets.qt_widgets import card, connect_handlers, heading, muted, page_layout
-from gui.widgets.theme import FITS, TIGHT
+from gui.widgets.theme import FITS, TIGHT, WONT_FIT
 
 if TYPE_CHECKING:
     from gui.controllers.app_context import AppContext
@@ -203,7 +201,8 @@ class QtExportPage(RemoteCodeAsker, QWidget):
         self._update_buttons()
 
     def _on_browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Export into", self.out_edit.text())
+        folder = file_dialogs.existing_dir(self, self.ctx.settings, "Export into",
+                                           self.out_edit.text())
         if folder:
             self.out_edit.setText(folder)
 
@@ -301,7 +300,9 @@ class QtExportPage(RemoteCodeAsker, QWidget):
     def _on_open_folder(self) -> None:
         folder = self.export_folder()
         if folder is not None:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+            problem = file_dialogs.open_folder(folder)
+            if problem:
+                self.status.setText(f"<span style='color:{WONT_FIT}'>{problem}</span>")
 
     # ------------------------------------------------------------------ lifetime
     def shutdown(self) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -73,6 +74,25 @@ def step_summary(job: JobConfig) -> str:
             f"Precision: {t.precision}. Optimizer: {t.optimizer}.")
 
 
+NO_PRESET = "No preset applied"
+
+
+def job_to_mapping(job: JobConfig) -> dict[str, Any]:
+    return dataclasses.asdict(job)
+
+
+def _holds(job: dict[str, Any], values: dict[str, Any]) -> bool:
+    """True when every key of the (nested, partial) preset has its value in the job."""
+    for key, want in values.items():
+        have = job.get(key) if isinstance(job, dict) else None
+        if isinstance(want, dict):
+            if not isinstance(have, dict) or not _holds(have, want):
+                return False
+        elif have != want and not (isinstance(have, list | tuple) and list(have) == want):
+            return False
+    return True
+
+
 class QtHyperparamsPage(QWidget):
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -104,7 +124,12 @@ class QtHyperparamsPage(QWidget):
         row = QHBoxLayout()
         self.preset_combo = QComboBox()
         self.preset_combo.addItems(preset_names())
+        # Nothing is applied at first: the box shows no preset's name until one is.
+        self.preset_combo.setPlaceholderText(NO_PRESET)
+        self.preset_combo.setCurrentIndex(-1)
+        self.applied_preset: str | None = None
         self.preset_combo.currentTextChanged.connect(self._on_preset_chosen)
+        self.job.changed.connect(self._on_job_changed_preset)
         self.apply_preset_button = QPushButton("Apply preset")
         self.apply_preset_button.clicked.connect(self._on_apply_preset)
         row.addWidget(self.preset_combo, 1)
@@ -196,21 +221,39 @@ class QtHyperparamsPage(QWidget):
     # ------------------------------------------------------------------ events
     def _on_preset_chosen(self, name: str) -> None:
         if not name:
-            self.preset_info.setText("No presets found in resources/presets.")
+            has_any = self.preset_combo.count() > 0
+            self.preset_info.setText("Pick a preset for your GPU's memory, then Apply." if
+                                     has_any else "No presets found in resources/presets.")
             self.apply_preset_button.setEnabled(False)
             return
+        self.apply_preset_button.setEnabled(True)
         preset = load_preset(name)
-        self.preset_info.setText(preset.description)
+        pending = "" if name == self.applied_preset else " <i>Not applied yet: press Apply.</i>"
+        self.preset_info.setText(preset.description + pending)
         self.preset_info.setToolTip(preset.description)
+
+    def _on_job_changed_preset(self, key: str) -> None:
+        """Once the job no longer holds the applied preset's values, the box says so."""
+        name = self.applied_preset
+        if name is None:
+            return
+        if not _holds(job_to_mapping(self.job.job), load_preset(name).values):
+            self.applied_preset = None
+            self.preset_combo.setCurrentIndex(-1)
+            self.preset_info.setText(f"Custom settings (changed since preset {name}).")
 
     def _on_apply_preset(self) -> None:
         name = self.preset_combo.currentText()
+        self.applied_preset = None  # the job passes through other values while it changes
         try:
             self.job.update(load_preset(name).values)
         except (UserError, ValueError) as exc:
             message = getattr(exc, "message", str(exc))
             self.preset_info.setText(f"<span style='color:{WONT_FIT}'>{message}</span>")
             return
+        self.applied_preset = name
+        self.preset_combo.setCurrentText(name)
+        self._on_preset_chosen(name)
         self.file_status.setText(f"Applied preset {name}.")
 
     def _on_summary_changed(self, *_args: object) -> None:

@@ -79,7 +79,7 @@ class QtMethodPage(QWidget):
         self.arch_map = QtArchitectureMap(ctx)
         right.addWidget(self.advisor)
         right.addWidget(self.arch_map)
-        right.setSizes([360, 280])
+        right.setSizes([400, 240])
         splitter.addWidget(right)
         splitter.setSizes([470, 570])
         layout.addWidget(splitter, 1)
@@ -153,7 +153,7 @@ class QtMethodPage(QWidget):
         self.table.selectRow(row)
         self.table.blockSignals(False)
         info = self.methods[name]
-        self.summary.setText(f"<b>{info['label']}</b> — {info['summary']}")
+        self._show_summary(name)
         self.settings_group.setTitle(f"{info['label']} settings")
         wanted = set(info["settings"])
         for key in self.form.editors:
@@ -161,6 +161,14 @@ class QtMethodPage(QWidget):
             self.form.set_row_visible(key, short in wanted or short not in self._claimed)
         self.no_settings.setText(_no_settings_text(name, info))
         self.no_settings.setVisible(not wanted)
+
+    def _show_summary(self, name: str) -> None:
+        """The registry's blurb, then the share measured on this model (the table's figure)."""
+        info = self.methods[name]
+        text = f"<b>{info['label']}</b> — {info['summary']}"
+        if name in self.shares:
+            text += f" On this model: <b>{share_text(self.shares[name])}</b> trained."
+        self.summary.setText(text)
 
     def _request_shares(self) -> None:
         source = self.job.job.model.source
@@ -175,6 +183,7 @@ class QtMethodPage(QWidget):
         for r, name in enumerate(self.names):
             value = shares.get(name)
             self.table.item(r, 1).setText("—" if value is None else share_text(value))
+        self._show_summary(self.job.job.method.name)
 
     def _on_shares_failed(self, exc: BaseException) -> None:
         for r in range(self.table.rowCount()):

@@ -9,7 +9,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -23,7 +22,7 @@ from PySide6.QtWidgets import (
 
 from engine.config import TASKS
 from engine.errors import UserError
-from gui.controllers import engine_calls
+from gui.controllers import engine_calls, file_dialogs
 from gui.widgets.qt_widgets import card, heading, human_count, page_layout
 from gui.widgets.theme import WONT_FIT
 
@@ -57,7 +56,7 @@ def _fact_text(key: str, value: Any) -> str:
 class QtModelPage(QWidget):
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.job, self.tasks = ctx.job, ctx.tasks
+        self.job, self.tasks, self.settings = ctx.job, ctx.tasks, ctx.settings
         self.info: dict[str, Any] = {}
         self.defaults: dict[str, dict[str, Any]] = {}  # built-in models, once a worker read them
         layout = page_layout(self)
@@ -250,12 +249,12 @@ class QtModelPage(QWidget):
             self._set_source(items[0].data(Qt.ItemDataRole.UserRole))
 
     def _on_pick_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Model folder (with config.json)")
+        path = file_dialogs.existing_dir(self, self.settings, "Model folder (with config.json)")
         if path:
             self._set_source(path)
 
     def _on_pick_gguf(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "GGUF model", "", "GGUF (*.gguf)")
+        path = file_dialogs.open_file(self, self.settings, "GGUF model", "GGUF (*.gguf)")
         if path:
             self._set_source(path)
 

@@ -91,8 +91,7 @@ class QtSamples(QTextBrowser):
 
     def _on_render(self) -> None:
         if not self.samples:
-            self.setHtml("<p style='color:gray'>Sample answers appear here at each evaluation "
-                         "(set training.sample_prompts and training.eval_steps).</p>")
+            self.setHtml(SAMPLES_HINT)
             return
         parts = []
         for s in reversed(self.samples[-24:]):
@@ -301,8 +300,9 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
                                 f"{text.get(status, status)}")
         if status == "completed":
             self.progress.setValue(self.progress.maximum())
-        if self._last_step is not None:
-            self.eta_label.setText(f"elapsed {_duration(self._last_step.elapsed_s)}")
+        clock = finished_clock(self.controller.history, self._last_step)
+        if clock:
+            self.eta_label.setText(clock)
         self._banners_after_run()
         self.resume_button.setEnabled(self._can_resume())
         actions, self._after_finish = self._after_finish, []
@@ -500,6 +500,13 @@ def predicted_peak_gb(job: dict[str, Any], device: str) -> float | None:
         return None
 
 
+SAMPLES_HINT = ("<p style='color:gray'>Sample answers appear here at each evaluation: at "
+                "the end, or every N steps with Hyperparameters › Advanced › <i>Eval every N "
+                "steps</i>. They answer the first held-out questions, or your own "
+                "<i>Sample prompts</i> (same page). No held-out rows (Training › <i>Eval "
+                "split</i> 0): no evaluation, no samples.</p>")
+
+
 def _sentence(text: str) -> str:
     text = text.strip()
     return (text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")) if text else ""
@@ -508,6 +515,18 @@ def _sentence(text: str) -> str:
 def _log_step(s: ev.Step) -> bool:
     """Log every step of a short run, every 10th of a long one."""
     return s.max_steps <= 200 or s.step % 10 == 0 or not math.isfinite(s.loss)
+
+
+def finished_clock(history: list[ev.Event], last: ev.Step | None) -> str:
+    """The run's time when it ends, on the log's clock: ``run_finished``'s seconds (loading
+    included), with the training steps' own share."""
+    end = next((e for e in reversed(history) if isinstance(e, ev.RunFinished)), None)
+    if end is None or not end.elapsed_s:
+        return f"elapsed {_duration(last.elapsed_s)}" if last is not None else ""
+    text = f"whole run {_duration(end.elapsed_s)} ({end.elapsed_s:.0f} s, as in the log)"
+    if last is not None:
+        text += f"  ·  training steps {_duration(last.elapsed_s)}"
+    return text
 
 
 def _duration(seconds: float) -> str:

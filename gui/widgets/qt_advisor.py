@@ -3,6 +3,7 @@ as bars against the VRAM line, and the recommendation with an Apply button."""
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QTimer, Signal
@@ -13,6 +14,7 @@ from gui.controllers import engine_calls
 from gui.widgets.qt_memory_bars import MemoryRow, QtMemoryBars, status_for
 from gui.widgets.qt_widgets import card
 from gui.widgets.theme import WONT_FIT
+from gui.widgets.units import UNIT, gib, to_gib
 
 if TYPE_CHECKING:
     from gui.controllers.app_context import AppContext
@@ -21,6 +23,8 @@ ADVISE_KEYS = {"", "model.source", "method.name", "method.r", "method.target_mod
                "method.double_quant", "method.bottleneck_size", "method.num_virtual_tokens",
                "dataset.max_length", "training.batch_size", "training.grad_accum",
                "training.optimizer", "training.gradient_checkpointing"}
+JOB_PEAK_KEYS = {"training.device", "training.precision", "model.attn_implementation",
+                 "method.alpha", "method.dropout", "method.prefix_projection"}
 DEFAULT_PLAN_GB = 12.0
 
 
@@ -41,7 +45,7 @@ class QtAdvisor(QWidget):
         self.vram_spin = QDoubleSpinBox()
         self.vram_spin.setRange(1, 1024)
         self.vram_spin.setDecimals(1)
-        self.vram_spin.setSuffix(" GB")
+        self.vram_spin.setSuffix(f" {UNIT}")
         self.vram_spin.setKeyboardTracking(False)
         self.vram_spin.setToolTip("GPU memory to plan for: another card, or less than you have")
         self.vram_spin.setValue(float(self.settings.value("advisor/vram_gb", DEFAULT_PLAN_GB)))
@@ -56,6 +60,12 @@ class QtAdvisor(QWidget):
         self.status = QLabel()
         self.status.setWordWrap(True)
         inner.addWidget(self.status)
+        self.job_peak = QLabel()
+        self.job_peak.setWordWrap(True)
+        self.job_peak.setToolTip("The same prediction the Train page's gauges mark and the "
+                                 "run's memory check compares with")
+        inner.addWidget(self.job_peak)
+        self.peak: dict[str, Any] = {}
         rec = QHBoxLayout()
         self.recommendation = QLabel()
         self.recommendation.setWordWrap(True)
@@ -96,7 +106,7 @@ class QtAdvisor(QWidget):
     def _on_job_changed(self, key: str) -> None:
         if key in ("", "method.name"):
             self.bars.set_selected(self.job.job.method.name)
-        if key in ADVISE_KEYS:
+        if key in ADVISE_KEYS or key in JOB_PEAK_KEYS:
             self._debounce.start()
 
     def _on_vram_changed(self, value: float) -> None:
@@ -108,15 +118,34 @@ class QtAdvisor(QWidget):
 
     def _on_advise(self) -> None:
         job = self.job.job
-        kwargs = {"vram_gb": self.vram_spin.value(), "method": job.method.name,
+        m = job.method
+        # No "method": the recommendation is the advisor's pick for this model, job and GPU,
+        # not a restatement of the row the user clicked.
+        kwargs = {"vram_gb": self.vram_spin.value(),
                   "seq_len": job.dataset.max_length, "batch_size": job.training.batch_size,
                   "grad_accum": job.training.grad_accum, "optimizer": job.training.optimizer,
-                  "gradient_checkpointing": job.training.gradient_checkpointing}
+                  "gradient_checkpointing": job.training.gradient_checkpointing,
+                  "r": m.r, "target_modules": tuple(m.target_modules),
+                  "bottleneck_size": m.bottleneck_size,
+                  "num_virtual_tokens": m.num_virtual_tokens}
         source = job.model.source
         self.status.setText("Predicting memory…")
         self.tasks.submit("advise", "Predicting memory per method…",
                           lambda: engine_calls.advise(source, **kwargs),
                           self._on_advice, self._on_advice_failed)
+        snapshot = copy.deepcopy(job)  # the worker must not read a job the user edits
+        self.tasks.submit("job_peak", "Predicting this job's peak memory…",
+                          lambda: engine_calls.job_peak(snapshot), self._on_job_peak,
+                          self._on_job_peak_failed)
+
+    def _on_job_peak(self, peak: dict[str, Any]) -> None:
+        self.peak = peak
+        self.job_peak.setText(job_peak_text(peak, self.job.job.method.name,
+                                            self.labels))
+
+    def _on_job_peak_failed(self, exc: BaseException) -> None:
+        self.peak = {}
+        self.job_peak.setText("")
 
     def _on_advice(self, result: dict[str, Any]) -> None:
         self.result = result
@@ -127,8 +156,8 @@ class QtAdvisor(QWidget):
             if m:
                 rows.append(_memory_row(name, self.labels.get(name, name), m, vram))
         self.bars.set_rows(rows, vram)
-        self.status.setText("Predicted peak memory — bar: expected, whisker: low–high. "
-                            "Click a row to choose.")
+        self.status.setText("Peak memory on the planned GPU — bar: expected, whisker: "
+                            "low–high. Click a row to choose.")
         rec = result.get("recommendation") or {}
         self.recommendation.setText(_recommendation_text(rec, self.labels))
         self.apply_button.setEnabled(bool(rec.get("method")))
@@ -155,16 +184,21 @@ class QtAdvisor(QWidget):
         self.job.update(update)
 
 
-def _gb(value: Any) -> float:
-    if not isinstance(value, int | float):
-        return 0.0
-    return value / 2**30 if value > 4096 else float(value)  # bytes or GiB
+_gb = to_gib
+
+
+def job_peak_text(peak: dict[str, Any], method: str, labels: dict[str, str]) -> str:
+    """"This job (LoRA) on the CPU: predicted peak 2.24 GiB" -- the Train page's figure."""
+    where = "the GPU" if peak.get("device") == "cuda" else "the CPU"
+    return (f"This job ({labels.get(method, method)}) on {where}: predicted peak "
+            f"<b>{gib(peak.get('expected_gb'))}</b>, as the Train page and the memory check "
+            f"say.")
 
 
 def _gpu_text(gpu: dict[str, Any]) -> str:
     total = _gb(gpu.get("total_gb") or gpu.get("memory_total"))
     free = _gb(gpu.get("free_gb") or gpu.get("memory_free"))
-    return f"<b>{gpu.get('name', 'GPU')}</b> · {total:.1f} GB ({free:.1f} GB free)"
+    return f"<b>{gpu.get('name', 'GPU')}</b> · {gib(total, 1)} ({gib(free, 1)} free)"
 
 
 def _memory_row(name: str, label: str, m: dict[str, Any], vram: float) -> MemoryRow:

@@ -13,8 +13,9 @@ from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 from gui.widgets.theme import ACCENT, FITS
+from gui.widgets.units import UNIT
 
-AXES = (("peak_memory_gb", "Peak memory", "GB"), ("tokens_per_s", "Speed", "tokens/s"))
+AXES = (("peak_memory_gb", "Peak memory", UNIT), ("tokens_per_s", "Speed", "tokens/s"))
 
 
 def points(data: dict[str, Any], x_key: str) -> list[tuple[str, float, float]]:

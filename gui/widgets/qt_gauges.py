@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from engine import events as ev
 from gui.controllers.run_controller import RunController
+from gui.widgets.units import gib
 
 INTERVAL_MS = 1000
 GPU_RETRY_S = 60.0  # when NVML answered with no GPU, look again this often
@@ -197,7 +198,7 @@ class QtGauges(QWidget):
         memory = self._memory
         text = _process_text(memory) if memory else "Training process: no step yet"
         if self.predicted_peak_gb is not None:
-            text += f" · advisor's predicted peak {self.predicted_peak_gb:.2f} GiB"
+            text += f" · advisor's predicted peak {gib(self.predicted_peak_gb)}"
         self.process.setText(text)
 
 
@@ -205,7 +206,7 @@ def _gpu_text(gpu: dict[str, Any], peak: float | None) -> str:
     parts = [f"GPU {gpu['index']}  {gpu['name']}",
              f"{gpu['used_gb']:.1f} / {gpu['total_gb']:.1f} GiB"]
     if peak is not None:
-        parts.append(f"predicted peak {peak:.1f} GiB")
+        parts.append(f"predicted peak {gib(peak)}")
     if gpu.get("utilization_pct") is not None:
         parts.append(f"util {gpu['utilization_pct']}%")
     if gpu.get("temperature_c") is not None:

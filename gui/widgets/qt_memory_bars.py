@@ -9,6 +9,7 @@ from PySide6.QtGui import QColor, QFontMetrics, QMouseEvent, QPainter, QPaintEve
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from gui.widgets.theme import FITS, TIGHT, WONT_FIT
+from gui.widgets.units import UNIT, gib
 
 STATUS_COLORS = {"fits": FITS, "tight": TIGHT, "won't fit": WONT_FIT}
 ROW_H = 20
@@ -67,7 +68,7 @@ class QtMemoryBars(QWidget):
         pal = self.palette()
         fm = QFontMetrics(self.font())
         label_w = max([fm.horizontalAdvance(r.label) for r in self.rows] + [60]) + 10
-        status_w = fm.horizontalAdvance("99.9 GB  won't fit") + 8
+        status_w = fm.horizontalAdvance(f"{gib(99.99)}  won't fit") + 8
         x0, x1 = label_w, self.width() - status_w
         scale = (x1 - x0) / self._scale_max()
         for i, row in enumerate(self.rows):
@@ -94,7 +95,7 @@ class QtMemoryBars(QWidget):
         if row.high * scale > x1 - x0:
             p.drawText(int(x1 - fm.horizontalAdvance("»")), int(mid), "»")
         p.setPen(color)
-        p.drawText(int(x1 + 8), int(mid), f"{row.expected:.1f} GB  {row.status}")
+        p.drawText(int(x1 + 8), int(mid), f"{gib(row.expected)}  {row.status}")
 
     def _paint_vram(self, p: QPainter, fm: QFontMetrics, x0: float, x1: float, scale: float,
                     pal: QPalette) -> None:
@@ -104,7 +105,7 @@ class QtMemoryBars(QWidget):
         bottom = TOP + ROW_H * len(self.rows)
         p.setPen(QPen(pal.color(QPalette.ColorRole.Text), 2, Qt.PenStyle.DashLine))
         p.drawLine(int(x), TOP - 2, int(x), bottom)
-        label = f"{self.vram:g} GB VRAM"
+        label = f"{self.vram:g} {UNIT} VRAM"
         lx = min(max(x - fm.horizontalAdvance(label) / 2, x0), x1 - fm.horizontalAdvance(label))
         p.drawText(int(lx), fm.ascent(), label)
 

@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QEvent, QTimer
 from PySide6.QtGui import QPalette
-from PySide6.QtWidgets import QGridLayout, QWidget
+from PySide6.QtWidgets import QApplication, QGridLayout, QWidget
 
 from engine import events as ev
 from gui.controllers.run_controller import RunController
@@ -20,6 +20,7 @@ from gui.controllers.run_controller import RunController
 REDRAW_MS = 100  # the loss plot: at most ~10 redraws a second
 SMALL_REDRAW_MS = 500  # learning rate, gradient norm, throughput: ~2 a second
 AXIS_WIDTH = 56  # fixed, so new tick labels never re-lay out the page
+X_PADDING = 0.04  # room right of the last step, so its eval dot is drawn whole
 SMOOTHING = 0.9  # exponential moving average weight (TensorBoard-style, debiased)
 
 pg.setConfigOptions(antialias=False, useNumba=False)  # antialiasing doubles paint time
@@ -76,15 +77,69 @@ class Series:
         return self.x[: self._n], self.y[: self._n]
 
 
+def tick_text(value: float, spacing: float) -> str | None:
+    """A tick label for very small or very large values (``2e-4``, ``5.5e-5``), else None
+    for pyqtgraph's own; never a shared "(x1e-12)" factor on the axis label."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e-3 and abs(value) < 1e5:
+        return None
+    decimals = 0
+    if spacing > 0:
+        decimals = min(2, max(0, math.floor(math.log10(abs(value)))
+                              - math.floor(math.log10(spacing))))
+    mantissa, _, exponent = f"{value:.{decimals}e}".partition("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+class ValueAxis(pg.AxisItem):
+    """A value axis with plain tick labels: no auto SI prefix, scientific only when small."""
+
+    def __init__(self, orientation: str) -> None:
+        super().__init__(orientation)
+        self.enableAutoSIPrefix(False)
+
+    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
+        default = super().tickStrings(values, scale, spacing)
+        return [tick_text(v * scale, spacing * scale) or d
+                for v, d in zip(values, default, strict=True)]
+
+
+class ThemedPlotWidget(pg.PlotWidget):
+    """A plot whose background, axes, title and legend follow the application palette,
+    also when the theme switches while it is shown (dark mode reaches the plots)."""
+
+    def __init__(self, title: str) -> None:
+        super().__init__(axisItems={"left": ValueAxis("left"), "bottom": ValueAxis("bottom")})
+        self.title = title
+        self.apply_palette()
+
+    def apply_palette(self) -> None:
+        palette = QApplication.palette()
+        fg = palette.color(QPalette.ColorRole.Text)
+        self.setBackground(palette.color(QPalette.ColorRole.Base))
+        item = self.getPlotItem()
+        item.setTitle(self.title, color=fg, size="10pt")
+        for axis in ("left", "bottom"):
+            item.getAxis(axis).setTextPen(fg)
+            item.getAxis(axis).setPen(fg)
+        if item.legend is not None:
+            item.legend.setLabelTextColor(fg)
+            for _sample, label in item.legend.items:
+                label.setText(label.text, color=fg)
+
+    def changeEvent(self, event: QEvent) -> None:
+        built = getattr(self, "title", None) is not None and getattr(
+            self, "plotItem", None) is not None  # events also arrive during construction
+        if built and event.type() in (QEvent.Type.PaletteChange,
+                                      QEvent.Type.ApplicationPaletteChange):
+            self.apply_palette()
+        super().changeEvent(event)
+
+
 def make_plot(title: str, left: str) -> pg.PlotWidget:
-    palette = QWidget().palette()
-    widget = pg.PlotWidget(background=palette.color(QPalette.ColorRole.Base))
-    fg = palette.color(QPalette.ColorRole.Text)
+    widget = ThemedPlotWidget(title)
     item = widget.getPlotItem()
-    item.setTitle(title, color=fg, size="10pt")
-    for axis in ("left", "bottom"):
-        item.getAxis(axis).setTextPen(fg)
-        item.getAxis(axis).setPen(fg)
     item.setLabel("left", left)
     item.getAxis("left").setWidth(AXIS_WIDTH)
     # No grid: its alpha-blended full-width lines triple the paint time of a plot.
@@ -103,17 +158,21 @@ class StickyRange:
     less than a third of it. A pan or zoom by the user hands the range over to them.
     """
 
-    def __init__(self, plot: pg.PlotWidget) -> None:
+    def __init__(self, plot: pg.PlotWidget, floor: float | None = 0.0) -> None:
         self.view = plot.getPlotItem().getViewBox()
         self.view.disableAutoRange()
         self.view.sigRangeChangedManually.connect(self._on_manual)
+        self.floor = floor  # losses, rates, norms and speeds are never negative
         self.reset()
 
     def reset(self) -> None:
+        """Forget the last run's ranges: the view goes back to an empty 0..10 by 0..1."""
         self.manual = False
         self.x_max = 0.0
         self.y: tuple[float, float] | None = None
         self.changes = 0
+        self.view.setXRange(0, 10, padding=X_PADDING)
+        self.view.setYRange(0, 1, padding=0)
 
     def _on_manual(self, *_args: object) -> None:
         self.manual = True
@@ -127,15 +186,30 @@ class StickyRange:
         want_x = float(planned) if planned >= x_max else max(10.0, x_max * 1.5)
         if want_x != self.x_max and (x_max > self.x_max or planned):
             self.x_max = want_x
-            self.view.setXRange(0, want_x, padding=0.02)
+            self.view.setXRange(0, want_x, padding=X_PADDING)
             self.changes += 1
         lo, hi = float(data.min()), float(data.max())
         if self.y is None or lo < self.y[0] or hi > self.y[1] or \
                 (hi - lo) < (self.y[1] - self.y[0]) / 3:
-            pad = max((hi - lo) * 0.15, abs(hi) * 0.02, 1e-12)
-            self.y = (lo - pad, hi + pad)
+            pad = max((hi - lo) * 0.15, abs(hi) * 0.1, 1e-12)
+            bottom = lo - pad if self.floor is None else max(lo - pad, self.floor)
+            self.y = (bottom, hi + pad)
             self.view.setYRange(*self.y, padding=0)
             self.changes += 1
+
+
+def _set_data(curve: pg.PlotDataItem, series: Series) -> None:
+    """A line; with one point a line draws nothing, so that point gets a dot."""
+    x, y = series.data()
+    single = int(np.isfinite(y).sum()) == 1
+    if single != (curve.opts["symbol"] is not None):
+        color = curve.opts["pen"].color() if hasattr(curve.opts["pen"], "color") else None
+        curve.setSymbol("o" if single else None)
+        if single:
+            curve.setSymbolSize(6)
+            curve.setSymbolBrush(color)
+            curve.setSymbolPen(color)
+    curve.setData(x, y)
 
 
 class QtTrainingPlots(QWidget):
@@ -148,7 +222,7 @@ class QtTrainingPlots(QWidget):
         self.loss_plot.addLegend(offset=(-10, 10))
         self.loss_plot.setLabel("bottom", "step")
         self.lr_plot = make_plot("Learning rate", "lr")
-        self.grad_plot = make_plot("Gradient norm", "‖g‖")
+        self.grad_plot = make_plot("Gradient norm", "norm")
         self.speed_plot = make_plot("Throughput", "tokens/s")
         self.raw = Series()
         self.smooth = Series()
@@ -188,6 +262,8 @@ class QtTrainingPlots(QWidget):
         layout.setRowStretch(1, 2)
         controller.reset.connect(self._on_reset)
         controller.events.connect(self._on_events)
+        for plot in (self.loss_plot, self.lr_plot, self.grad_plot, self.speed_plot):
+            plot.apply_palette()  # the legend exists now: its labels take the text colour
         self._on_events(controller.history)
 
     # ------------------------------------------------------------------ events
@@ -249,15 +325,15 @@ class QtTrainingPlots(QWidget):
 
     def _on_redraw(self) -> None:
         self.redraws += 1
-        self.raw_curve.setData(*self.raw.data())
-        self.smooth_curve.setData(*self.smooth.data())
+        _set_data(self.raw_curve, self.raw)
+        _set_data(self.smooth_curve, self.smooth)
         self.eval_curve.setData(*self.eval.data())
         self._fit("loss", self.raw, self.smooth, self.eval)
 
     def _on_redraw_small(self) -> None:
-        self.lr_curve.setData(*self.lr.data())
-        self.grad_curve.setData(*self.grad.data())
-        self.speed_curve.setData(*self.speed.data())
+        _set_data(self.lr_curve, self.lr)
+        _set_data(self.grad_curve, self.grad)
+        _set_data(self.speed_curve, self.speed)
         self._fit("lr", self.lr)
         self._fit("grad", self.grad)
         self._fit("speed", self.speed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor, QGuiApplication, QPalette
+from PySide6.QtGui import QColor, QFont, QFontDatabase, QFontInfo, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
 
 # Semantic colours shared by the views (status of a method, trained tokens and modules).
@@ -68,9 +68,26 @@ QGroupBox::title { subcontrol-origin: margin; subcontrol-position: top left; lef
 """
 
 
+# Colour emoji fonts tried after the UI font, so an emoji in a dataset shows, not a box.
+EMOJI_FONTS = ("Noto Color Emoji", "Apple Color Emoji", "Segoe UI Emoji", "Twemoji Mozilla",
+               "EmojiOne Color", "Symbola")
+
+
+def font_with_fallbacks(font: QFont) -> QFont:
+    """``font`` with the installed emoji fonts as fallback families."""
+    installed = set(QFontDatabase.families())
+    # The family really used (a generic "Sans Serif" resolved by fontconfig): with a name no
+    # font has, every glyph, digits and spaces too, would come from the emoji font.
+    first = QFontInfo(font).family()
+    out = QFont(font)
+    out.setFamilies([first, *(f for f in EMOJI_FONTS if f in installed and f != first)])
+    return out
+
+
 def apply_theme(app: QApplication, dark: bool | None = None) -> None:
     """Fusion with a light or dark palette; ``dark=None`` follows the system."""
     app.setStyle("Fusion")
+    app.setFont(font_with_fallbacks(app.font()))
     dark = system_prefers_dark() if dark is None else dark
     app.setPalette(_dark_palette() if dark else _light_palette())
     app.setStyleSheet(STYLE_SHEET)

@@ -34,6 +34,7 @@ from gui.controllers import job_files
 from gui.controllers.app_context import AppContext
 from gui.pages.page_list import PAGES, page_spec
 from gui.widgets.theme import THEMES, set_theme
+from gui.window import help as app_help
 
 BUSY_DELAY_MS = 1000  # show the busy indicator only for waits longer than a second
 RELEASE_TASKS_MS = 100  # start queued engine calls this long after the first paint
@@ -47,6 +48,9 @@ class QtMainWindow(QMainWindow):
         self.ask_to_save = True  # about unsaved changes on close (off in tests and scripts)
         self._build_central()
         self._build_actions()
+        self._build_run_and_go_menus()
+        self._build_help_menu()
+        self._apply_window_icon()
         self._build_status_bar()
         for signal in (self.job.changed, self.job.path_changed, self.job.dirty_changed):
             signal.connect(self._on_job_changed)
@@ -136,6 +140,92 @@ class QtMainWindow(QMainWindow):
         for action in (self.new_action, self.open_action, self.save_action,
                        self.save_as_action, self.copy_cli_action):
             toolbar.addAction(action)
+
+    # ------------------------------------------------------------------ run, go, help
+    def _build_run_and_go_menus(self) -> None:
+        """Start/Stop from anywhere (Ctrl+Return, Ctrl+.) and Ctrl+1..9 for the pages."""
+        run = self.menuBar().addMenu("&Run")
+        self.start_action = self._action("&Start training", self._on_start_shortcut,
+                                         QKeySequence("Ctrl+Return"))
+        self.stop_action = self._action("S&top training", self._on_stop_shortcut,
+                                        QKeySequence("Ctrl+."))
+        run.addAction(self.start_action)
+        run.addAction(self.stop_action)
+        go = self.menuBar().addMenu("&Go")
+        self.page_actions: list[QAction] = []
+        for i, spec in enumerate(PAGES[:9]):
+            action = self._action(spec.title, lambda _c=False, k=spec.key: self.show_page(k),
+                                  QKeySequence(f"Ctrl+{i + 1}"))
+            go.addAction(action)
+            self.page_actions.append(action)
+        for action in (self.start_action, self.stop_action, *self.page_actions):
+            self.addAction(action)  # shortcuts work with the menu bar hidden too
+
+    def _on_start_shortcut(self) -> None:
+        self.show_page("train")
+        button = self.page("train").start_button
+        if button.isEnabled():
+            button.click()
+
+    def _on_stop_shortcut(self) -> None:
+        button = self.page("train").stop_button
+        if button.isEnabled():
+            self.show_page("train")
+            button.click()
+
+    def shortcuts(self) -> list[tuple[str, str]]:
+        """Every shortcut of the window's actions, as shown in Help › Keyboard shortcuts."""
+        out = []
+        for menu_action in self.menuBar().actions():
+            for action in menu_action.menu().actions():
+                keys = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+                if keys:
+                    what = action.text().replace("&", "").rstrip("…")
+                    out.append((keys, f"{menu_action.text().replace('&', '')}: {what}"))
+        return out
+
+    def _build_help_menu(self) -> None:
+        menu = self.menuBar().addMenu("&Help")
+        self.guide_action = self._action("Tunesmith &guide", self._on_guide,
+                                         QKeySequence.StandardKey.HelpContents)
+        self.shortcuts_action = self._action("&Keyboard shortcuts", self._on_shortcuts,
+                                             QKeySequence("Ctrl+/"))
+        self.about_action = self._action("&About Tunesmith", self._on_about)
+        for action in (self.guide_action, self.shortcuts_action, self.about_action):
+            menu.addAction(action)
+        self.help_dialog: app_help.QtTextDialog | None = None
+
+    def _show_dialog(self, dialog: app_help.QtTextDialog) -> None:
+        if self.help_dialog is not None:
+            self.help_dialog.close()
+        self.help_dialog = dialog
+        dialog.show()
+
+    def _on_guide(self) -> None:
+        self._show_dialog(app_help.guide_dialog(self))
+
+    def _on_shortcuts(self) -> None:
+        dialog = app_help.QtTextDialog("Keyboard shortcuts", self)
+        dialog.set_html(app_help.shortcuts_html(self.shortcuts()))
+        self._show_dialog(dialog)
+
+    def _on_about(self) -> None:
+        dialog = app_help.QtTextDialog("About Tunesmith", self)
+        dialog.set_html("<h3>Tunesmith</h3><p>Reading the library versions and the GPU…</p>")
+        self._show_dialog(dialog)
+        from engine.telemetry import library_versions
+
+        self.ctx.tasks.submit("about", "Reading library versions…", library_versions,
+                              self._on_about_info)
+
+    def _on_about_info(self, info: dict[str, object]) -> None:
+        if self.help_dialog is not None and self.help_dialog.windowTitle() == "About Tunesmith":
+            self.help_dialog.set_html(app_help.about_html(info))
+
+    def _apply_window_icon(self) -> None:
+        icon = app_help.window_icon()
+        if icon is not None:  # no icon files (a bare checkout): the platform's default
+            self.setWindowIcon(icon)
 
     def _build_theme_menu(self) -> None:
         menu = self.menuBar().addMenu("&View").addMenu("&Theme")

@@ -64,7 +64,7 @@ def test_reopens_a_saved_comparison(page: Any, tmp_path: Path) -> None:
     assert _cell(page, 1, "Quality") == "60%"  # (3 - 2.4) / (3 - 2.0)
     assert _cell(page, 0, "Quality") == "100%"
     assert _cell(page, 1, "Lesson quality") == "~95%" and _cell(page, 1, "Lesson share") == "~0.5%"
-    assert _cell(page, 1, "Peak memory") == "0.40 GB"
+    assert _cell(page, 1, "Peak memory") == "0.40 GiB"
     assert "packing" in _cell(page, 2, "Status") and _cell(page, 2, "Held-out loss") == "—"
     assert "Full fine-tuning" in page.note.text()
     # The chart has one point per finished method on each plot.

@@ -61,8 +61,8 @@ def test_export_adapter_and_merged(qtbot: Any, ctx: Any, runs: dict[str, Path],
         assert diff is not None and diff < 1e-4 and f"{diff:.2e}" in text
         assert "Done: 2 export(s) written." in page.status.text()
         opened: list[str] = []
-        monkeypatch.setattr("gui.pages.qt_export_page.QDesktopServices.openUrl",
-                            lambda url: opened.append(url.toLocalFile()))
+        monkeypatch.setattr("gui.controllers.file_dialogs.QDesktopServices.openUrl",
+                            lambda url: opened.append(url.toLocalFile()) or True)
         assert page.open_button.isEnabled()
         page.open_button.click()
         assert opened == [str(out)]

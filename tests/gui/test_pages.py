@@ -248,3 +248,18 @@ def test_empty_window_to_saved_job(qtbot, window, tiny_model, chat_file, tmp_pat
     assert load_job(target) == job.job
     assert window.windowTitle() == "Tunesmith — tiny-chat.yaml"
     assert window.page("train") is not None  # the next step opens
+
+
+def test_preset_box_shows_only_an_applied_preset(qtbot, window) -> None:
+    window.show_page("hyperparameters")
+    page = window.page("hyperparameters")
+    assert page.preset_combo.currentIndex() == -1 and page.applied_preset is None
+    assert not page.apply_preset_button.isEnabled()
+    page.preset_combo.setCurrentText("vram-8gb")
+    assert "Not applied yet" in page.preset_info.text()
+    page.apply_preset_button.click()
+    assert page.applied_preset == "vram-8gb" and page.preset_combo.currentText() == "vram-8gb"
+    assert "Not applied" not in page.preset_info.text()
+    page.basic_form.editors["training.grad_accum"].setValue(3)  # off the preset's 8
+    assert page.applied_preset is None and page.preset_combo.currentIndex() == -1
+    assert "changed since preset vram-8gb" in page.preset_info.text()
