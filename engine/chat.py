@@ -10,6 +10,11 @@ Requests::
      "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256}
     {"cancel": 1}
 
+A mergeable adapter (LoRA, DoRA, IA³) is merged into a copy of the base in memory and checked
+as ``export --merge`` checks it, and both models run in bf16 where the hardware computes it
+natively (``ready`` says ``merged``, ``dtype`` and why in ``notes``); ``--no-merge`` keeps the
+adapter unmerged, as trained.
+
 ``model`` is ``base``, ``tuned`` (default) or ``both`` (base, then tuned); temperature 0 is
 greedy. Events: ``progress`` while loading, ``ready``, then per request ``chat_token``
 (``id``, ``model``, ``text``) … ``chat_done`` (``id``, ``model``, ``text``, ``tokens``,
@@ -242,7 +247,7 @@ def _read_requests(lines: Iterable[str], session: ChatSession,
 
 
 def serve(run_dir: str | Path, *, lines: Iterable[str], out: TextIO,
-          base_only: bool = False) -> int:
+          base_only: bool = False, merge: bool = True) -> int:
     """Load the run's models, say ``ready``, answer requests from ``lines`` until they end."""
     from engine.export import load_pair, load_tokenizer, open_run
     from engine.export._stops import stop_token_ids
@@ -259,7 +264,7 @@ def serve(run_dir: str | Path, *, lines: Iterable[str], out: TextIO,
     tokenizer = load_tokenizer(info)
     what = "the base model" if base_only else "the base and tuned models"
     progress(Progress(stage="load_model", current=0, total=1, message=f"loading {what}"))
-    pair = load_pair(info, emit=progress, base_only=base_only)
+    pair = load_pair(info, emit=progress, base_only=base_only, merge=merge)
     models = ["base"] if base_only else ["base", "tuned"]
     model = pair.tuned if pair.tuned is not None else pair.base_model
     stops = stop_token_ids(tokenizer, getattr(model.config, "eos_token_id", None))
@@ -268,7 +273,8 @@ def serve(run_dir: str | Path, *, lines: Iterable[str], out: TextIO,
                   "models": models, "device": pair.device,
                   "chat_template": bool(getattr(tokenizer, "chat_template", None)),
                   "stop_tokens": [tokenizer.convert_ids_to_tokens(i) for i in stops],
-                  "defaults": DEFAULTS, "load_s": round(time.perf_counter() - start, 2)})
+                  "defaults": DEFAULTS, "merged": pair.merged, "dtype": pair.dtype,
+                  "notes": pair.notes, "load_s": round(time.perf_counter() - start, 2)})
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read_requests, args=(lines, session, inbox), daemon=True,
                      name="chat-stdin").start()
@@ -283,6 +289,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="the run folder (runs/<name>-<timestamp>)")
     parser.add_argument("--base-only", action="store_true",
                         help="load only the base model (works before the run has a result)")
+    parser.add_argument("--no-merge", action="store_true",
+                        help="run the adapter unmerged, as trained (slower; by default a "
+                             "mergeable adapter is merged in memory, checked, and both models "
+                             "run in bf16 where the hardware has it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -292,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     sys.stdout = sys.stderr  # stdout carries only JSON lines
     try:
-        return serve(args.run_dir, lines=sys.stdin, out=out, base_only=args.base_only)
+        return serve(args.run_dir, lines=sys.stdin, out=out, base_only=args.base_only,
+                     merge=not args.no_merge)
     except UserError as exc:
         out.write(json.dumps({"type": "error", "code": exc.code, "message": exc.message,
                               "advice": exc.advice}, ensure_ascii=False) + "\n")

@@ -69,13 +69,14 @@ class Events:
 
 
 class Session:
-    def __init__(self, run: Path, base_only: bool = False) -> None:
+    def __init__(self, run: Path, base_only: bool = False, merge: bool = False) -> None:
         from engine.chat import serve
 
         self.lines, self.events = Lines(), Events()
         self.rc: list[int] = []
         self.thread = threading.Thread(target=lambda: self.rc.append(serve(
-            run, lines=self.lines, out=self.events, base_only=base_only)), daemon=True)
+            run, lines=self.lines, out=self.events, base_only=base_only, merge=merge)),
+            daemon=True)
         self.thread.start()
         self.ready = self.events.until("ready")[-1]
 
@@ -134,6 +135,53 @@ def test_ready_and_side_by_side(session: Session, lora_run: Path) -> None:
         assert d["finish_reason"] in ("stop", "length")
         assert d["text"] == _reference(lora_run, prompt, d["model"])
     assert session.close() == 0
+
+
+def test_merged_chat_answers_as_the_adapter_does(small_model_dirs: dict[str, Path],  # noqa: F811
+                                                 tmp_path: Path) -> None:
+    """The fast path: the adapter merged in memory (and checked) gives the same greedy answers
+    as base + adapter, for both sides of the chat."""
+    run = train_run(small_model_dirs["llama"], tmp_path, precision="fp32")
+    session = Session(run, merge=True)
+    assert session.ready["merged"] and session.ready["dtype"] == "float32"
+    assert any("merge checked" in n for n in session.ready["notes"])
+    prompt = "What is 7 plus 7?"
+    session.lines.send({"id": 1, "messages": [{"role": "user", "content": prompt}],
+                        "model": "both", **GREEDY})
+    done = [e for e in session.events.until("chat_done", 2) if e["type"] == "chat_done"]
+    for d in done:
+        assert d["text"] == _reference(run, prompt, d["model"])
+    assert session.close() == 0
+
+
+def test_merged_chat_runs_in_bf16_where_the_cpu_has_it(lora_run: Path) -> None:
+    from engine.hardware import cpu_native_bf16
+
+    session = Session(lora_run, merge=True)
+    assert session.ready["merged"]
+    assert session.ready["dtype"] == ("bfloat16" if cpu_native_bf16()[0] else "float32")
+    session.lines.send({"id": 1, "messages": [{"role": "user", "content": "Hi"}],
+                        "model": "both", **GREEDY})
+    done = [e for e in session.events.until("chat_done", 2) if e["type"] == "chat_done"]
+    assert [d["model"] for d in done] == ["base", "tuned"] and all(d["tokens"] for d in done)
+    assert session.close() == 0
+
+
+def test_what_is_not_merged_says_why(small_model_dirs: dict[str, Path],  # noqa: F811
+                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.export import _run
+
+    for sub in ("p", "l"):
+        (tmp_path / sub).mkdir()
+    prefix = train_run(small_model_dirs["llama"], tmp_path / "p", "prefix")
+    info = _run.open_run(prefix)
+    assert "prefix" in (_run.merge_in_memory_refusal(info, "cpu") or "")
+    lora = _run.open_run(train_run(small_model_dirs["llama"], tmp_path / "l"))
+    assert _run.merge_in_memory_refusal(lora, "cpu") is None
+    monkeypatch.setattr(_run, "_free_memory", lambda _d: 1000)
+    assert "GiB free" in (_run.merge_in_memory_refusal(lora, "cpu") or "")
+    pair = _run.load_pair(lora, merge=True, device="cpu")
+    assert not pair.merged and "not merged for chat" in pair.notes[0]
 
 
 def test_cancel_stops_a_generation(session: Session) -> None:
