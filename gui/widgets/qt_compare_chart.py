@@ -28,6 +28,21 @@ def points(data: dict[str, Any], x_key: str) -> list[tuple[str, float, float]]:
     return out
 
 
+def grouped_labels(pts: list[tuple[str, float, float]], x_span: float, y_span: float,
+                   near: float = 0.06) -> list[tuple[str, float, float]]:
+    """One label per cluster of points closer than ``near`` of each axis' span (methods with
+    the same numbers, e.g. prefix tuning and P-tuning v2, would print over each other)."""
+    groups: list[list[tuple[str, float, float]]] = []
+    for p in pts:  # in the table's order
+        for g in groups:
+            if abs(g[0][1] - p[1]) <= near * x_span and abs(g[0][2] - p[2]) <= near * y_span:
+                g.append(p)
+                break
+        else:
+            groups.append([p])
+    return [(", ".join(p[0] for p in g), g[0][1], g[0][2]) for g in groups]
+
+
 class QtCompareChart(QWidget):
     """Two scatter plots side by side: quality (% of the reference) vs memory, vs speed."""
 
@@ -66,12 +81,16 @@ class QtCompareChart(QWidget):
             pts = points(data, key)
             self.scatters[key].setData([p[1] for p in pts], [p[2] for p in pts])
             self._labels[key] = []
-            for label, x, y in pts:
+            if not pts:
+                continue
+            # From zero (honest bars of memory and speed), with room for the labels.
+            xs, ys = [p[1] for p in pts], [p[2] for p in pts]
+            x_max = max(xs) * 1.45 or 1
+            y_min, y_max = min(0.0, min(ys)) - 8, max(100.0, max(ys)) + 8
+            plot.setXRange(0, x_max, padding=0)
+            plot.setYRange(y_min, y_max, padding=0)
+            for label, x, y in grouped_labels(pts, x_max, y_max - y_min):
                 item = pg.TextItem(label, color=text, anchor=(-0.08, 0.5))  # right of the dot
                 item.setPos(x, y)
                 plot.addItem(item)
                 self._labels[key].append(item)
-            if pts:  # from zero (honest bars of memory and speed), room for the labels
-                xs, ys = [p[1] for p in pts], [p[2] for p in pts]
-                plot.setXRange(0, max(xs) * 1.45 or 1, padding=0)
-                plot.setYRange(min(0.0, min(ys)) - 8, max(100.0, max(ys)) + 8, padding=0)

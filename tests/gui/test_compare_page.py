@@ -115,3 +115,14 @@ def test_live_progress_fills_each_row(page: Any) -> None:
     send({"type": "method_compared", "method": "lora", "index": 0, "total": 2,
           "status": "completed", "row": done})
     assert _cell(page, 0, "Status") == "completed" and _cell(page, 0, "Held-out loss") == "2.5000"
+
+
+def test_methods_with_the_same_numbers_share_one_label() -> None:
+    from gui.widgets.qt_compare_chart import grouped_labels
+
+    pts = [("Prefix tuning", 2.0, 88.0), ("P-tuning v2", 1.9, 88.0), ("LoRA", 2.75, 84.0),
+           ("Full fine-tuning", 3.4, 100.0)]
+    labels = grouped_labels(pts, x_span=5.0, y_span=120.0)
+    assert ("Prefix tuning, P-tuning v2", 2.0, 88.0) in labels
+    assert {lab for lab, _x, _y in labels} == {"Prefix tuning, P-tuning v2", "LoRA",
+                                               "Full fine-tuning"}
