@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from engine.config import JobConfig
 from engine.errors import UserError
 from gui.controllers.job_model import JobModel
+from gui.widgets.qt_wheel_guard import guard_inputs
 from gui.widgets.qt_widgets import SciSpinBox
 from gui.widgets.theme import WONT_FIT
 
@@ -79,6 +80,7 @@ class QtConfigForm(QWidget):
 
     def _add_row(self, key: str) -> None:
         editor = self._make_editor(key)
+        guard_inputs(editor)  # scrolling the form never changes a setting
         help_text = self.job.field(key).metadata.get("help", "")
         editor.setToolTip(help_text)
         label = QLabel(label_for(key.rpartition(".")[2]))

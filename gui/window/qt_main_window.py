@@ -33,6 +33,7 @@ from engine.config import JobConfig
 from gui.controllers import job_files
 from gui.controllers.app_context import AppContext
 from gui.pages.page_list import PAGES, page_spec
+from gui.widgets.qt_wheel_guard import guard_inputs
 from gui.widgets.theme import THEMES, set_theme
 
 BUSY_DELAY_MS = 1000  # show the busy indicator only for waits longer than a second
@@ -178,6 +179,7 @@ class QtMainWindow(QMainWindow):
         if key not in self.pages:
             index = [p.key for p in PAGES].index(key)
             widget = page_spec(key).build(self.ctx)
+            guard_inputs(widget)  # the wheel changes only a focused input
             old = self.stack.widget(index)
             self.stack.insertWidget(index, widget)
             self.stack.removeWidget(old)
