@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtGui import QBrush, QColor, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.runs import Curves, RunSummary, load_curves, scan_runs
+from engine.runs import EVENTS_FILE, Curves, RunSummary, load_curves, scan_runs
 from gui.controllers.run_controller import shared_controller
 from gui.widgets.qt_plots import make_plot
 from gui.widgets.qt_widgets import heading, page_layout
@@ -50,6 +50,7 @@ class QtRunsPage(QWidget):
         self.controller = shared_controller(ctx.job)
         self.runs: list[RunSummary] = []
         self.curves: dict[Path, Curves] = {}
+        self.stamps: dict[Path, tuple[int, int]] = {}  # events file (mtime, size) per curve
         self.plotted: list[Any] = []
         self._build()
         self.timer = QTimer(self, interval=REFRESH_MS)
@@ -102,15 +103,15 @@ class QtRunsPage(QWidget):
     def refresh(self) -> None:
         folder = self.runs_dir()
         self.folder_label.setText(f"Runs folder: {folder}")
-        selected = self.selected_dirs()
+        selected, stamps = self.selected_dirs(), dict(self.stamps)
         self.ctx.tasks.submit("runs_scan", "Reading the runs folder",
-                              lambda: _scan(folder, selected), self._on_scanned)
+                              lambda: _scan(folder, selected, stamps), self._on_scanned)
 
-    def _on_scanned(self, result: tuple[list[RunSummary], dict[Path, Curves]]) -> None:
+    def _on_scanned(self, result: tuple[list[RunSummary], dict[Path, _Loaded]]) -> None:
         runs, curves = result
         selected = set(self.selected_dirs())
         self.runs = runs
-        self.curves.update(curves)
+        self._keep(curves)
         self.table.blockSignals(True)
         self.table.setRowCount(len(runs))
         for i, run in enumerate(runs):
@@ -154,17 +155,21 @@ class QtRunsPage(QWidget):
                 model.select(self.table.model().index(row, 0), flags)
 
     def _on_selection(self) -> None:
-        missing = [p for p in self.selected_dirs() if p not in self.curves]
-        if missing:
+        stale = [p for p in self.selected_dirs()
+                 if p not in self.curves or self.stamps.get(p) != events_stamp(p)]
+        if stale:
             self.ctx.tasks.submit("runs_curves", "Reading loss curves",
-                                  lambda: {p: load_curves(p) for p in missing},
-                                  self._on_curves)
+                                  lambda: _load(stale), self._on_curves)
         self._draw()
         self._update_buttons()
 
-    def _on_curves(self, curves: dict[Path, Curves]) -> None:
-        self.curves.update(curves)
+    def _on_curves(self, curves: dict[Path, _Loaded]) -> None:
+        self._keep(curves)
         self._draw()
+
+    def _keep(self, loaded: dict[Path, _Loaded]) -> None:
+        for run_dir, (stamp, curves) in loaded.items():
+            self.curves[run_dir], self.stamps[run_dir] = curves, stamp
 
     def _draw(self) -> None:
         item = self.plot.getPlotItem()
@@ -216,6 +221,10 @@ class QtRunsPage(QWidget):
         if self.isVisible():
             self.refresh()
 
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.refresh()  # a run may have moved on (or ended) while the page was hidden
+
     def _on_state_changed(self, _state: str) -> None:
         self._update_buttons()
 
@@ -224,8 +233,29 @@ class QtRunsPage(QWidget):
             self.refresh()
 
 
-def _scan(folder: Path, selected: list[Path]) -> tuple[list[RunSummary], dict[Path, Curves]]:
-    """Summaries of every run, and fresh curves of the selected running ones (worker thread)."""
+_Loaded = tuple[tuple[int, int], Curves]  # (events file stamp, curves read at that stamp)
+
+
+def events_stamp(run_dir: Path) -> tuple[int, int]:
+    """(mtime in ns, size) of a run's events file: it changes whenever the run writes."""
+    try:
+        st = (run_dir / EVENTS_FILE).stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _load(run_dirs: list[Path]) -> dict[Path, _Loaded]:
+    out = {}
+    for run_dir in run_dirs:
+        stamp = events_stamp(run_dir)  # taken first: a line written meanwhile reloads again
+        out[run_dir] = (stamp, load_curves(run_dir))
+    return out
+
+
+def _scan(folder: Path, selected: list[Path],
+          stamps: dict[Path, tuple[int, int]]) -> tuple[list[RunSummary], dict[Path, _Loaded]]:
+    """Summaries of every run, and the curves of selected runs whose events file changed
+    since their curves were read, running or not (worker thread)."""
     runs = scan_runs(folder)
-    live = {r.run_dir for r in runs if r.running}
-    return runs, {p: load_curves(p) for p in selected if p in live}
+    return runs, _load([p for p in selected if stamps.get(p) != events_stamp(p)])
