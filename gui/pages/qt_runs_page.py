@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 
 from engine.runs import EVENTS_FILE, Curves, RunSummary, load_curves, scan_runs
 from gui.controllers.run_controller import shared_controller
+from gui.widgets.qt_config_form import ask_folder
 from gui.widgets.qt_plots import make_plot
 from gui.widgets.qt_widgets import heading, page_layout
 
@@ -66,6 +67,11 @@ class QtRunsPage(QWidget):
                                          "compare their loss curves."))
         row = QHBoxLayout()
         self.folder_label = QLabel()
+        self.folder_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.folder_button = QPushButton("Change folder…")
+        self.folder_button.setToolTip("Choose the folder that holds your runs; new runs go "
+                                      "there too (remembered for next time)")
+        self.folder_button.clicked.connect(self._on_change_folder)
         self.refresh_button = QPushButton("Refresh")
         self.watch_button = QPushButton("Watch on Train page")
         self.resume_button = QPushButton("Resume")
@@ -73,7 +79,8 @@ class QtRunsPage(QWidget):
         self.watch_button.clicked.connect(self._on_watch)
         self.resume_button.clicked.connect(self._on_resume)
         row.addWidget(self.folder_label, 1)
-        for button in (self.refresh_button, self.watch_button, self.resume_button):
+        for button in (self.folder_button, self.refresh_button, self.watch_button,
+                       self.resume_button):
             row.addWidget(button)
         layout.addLayout(row)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -216,6 +223,16 @@ class QtRunsPage(QWidget):
         window = self.window()
         if hasattr(window, "show_page"):
             window.show_page("train")
+
+    def _on_change_folder(self) -> None:
+        path = ask_folder(self, "Choose the runs folder", str(self.runs_dir()))
+        if path:
+            self.set_runs_dir(path)
+
+    def set_runs_dir(self, path: str) -> None:
+        """Show (and train new runs in) ``path``; the app remembers it as the runs folder."""
+        self.ctx.settings.set_runs_dir(path)
+        self.job.set("output.runs_dir", str(Path(path).resolve()))
 
     def _on_tick(self) -> None:
         if self.isVisible():

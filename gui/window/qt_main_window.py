@@ -309,5 +309,6 @@ class QtMainWindow(QMainWindow):
                 event.ignore()
                 return
         self.ctx.settings.set_geometry(self.saveGeometry())
+        self.ctx.settings.set_last_job(self.job.path)  # reopened at the next start
         self.ctx.settings.sync()
         event.accept()
