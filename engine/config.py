@@ -194,7 +194,7 @@ class TrainingConfig:
 @dataclass
 class OutputConfig:
     runs_dir: str = field(default="runs", metadata=_help(
-        "Folder that holds one sub-folder per run."))
+        "Folder that holds one sub-folder per run.", folder=True))
 
 
 @dataclass

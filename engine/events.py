@@ -41,9 +41,25 @@ class RunStarted:
     diagnostics: bool = False  # the engine emits the trend warnings (engine.diagnostics) itself
 
 
+# Every progress ``stage`` the engine reports, with the words a user reads for it.
+STAGES = {
+    "convert_model": "converting the model",
+    "load_model": "loading the model",
+    "tokenize": "tokenizing",
+    "first_step": "first step",
+    "stopping": "stopping after this step",
+    "checkpoint": "saving a checkpoint",
+    "save": "saving the result",
+    "evaluate": "evaluating",
+    "export": "exporting",  # its messages name the part: merging, writing GGUF, …
+    "compare": "comparing methods",
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Progress:
-    """A wait longer than a second: model conversion, tokenization, saving."""
+    """A wait longer than a second, ``stage`` one of :data:`STAGES`: model conversion, loading,
+    tokenization, the first step, stopping, saving a checkpoint or the result, exporting."""
 
     type: str = "progress"
     time: float = field(default_factory=_now)

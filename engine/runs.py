@@ -31,6 +31,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -516,6 +517,22 @@ def scan_runs(runs_dir: str | Path) -> list[RunSummary]:
         return []
     runs = [summarize_run(p) for p in root.iterdir() if (p / EVENTS_FILE).is_file()]
     return sorted(runs, key=lambda r: (r.started, r.name), reverse=True)
+
+
+_STAMPED = re.compile(r"\d{8}-\d{6}(-\d+)?")  # create_run_dir's "<timestamp>[-n]"
+
+
+def live_runs_of(runs_dir: str | Path, name: str) -> list[Path]:
+    """Run folders of job ``name`` (``<name>-<timestamp>``) whose trainer is alive (its lock
+    holder), newest first. Cheap: reads lock files only, not events."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    prefix = f"{name}-"
+    mine = [p for p in root.iterdir() if p.name.startswith(prefix)
+            and _STAMPED.fullmatch(p.name[len(prefix):]) and (p / LOCK_FILE).is_file()]
+    return sorted((p for p in mine if lock_holder(p) is not None),
+                  key=lambda p: p.name, reverse=True)
 
 
 def load_curves(run_dir: str | Path) -> Curves:

@@ -141,6 +141,7 @@ def make_trainer_class() -> type:
         """
 
         on_checkpoint: Callable[[Path, int], None] | None = None
+        on_saving: Callable[[int], None] | None = None  # before a checkpoint is written
         # Called (state, control, what) when a step's loss or gradient norm is NaN/inf.
         on_non_finite: Callable[[Any, Any, str], None] | None = None
         lean_loss = False
@@ -204,6 +205,8 @@ def make_trainer_class() -> type:
                 if self.on_non_finite is not None:
                     self.on_non_finite(self.state, self.control, "a trained weight")
                 return
+            if self.on_saving is not None:
+                self.on_saving(self.state.global_step)
             final_root = Path(self.args.output_dir)
             staging = final_root / ".staging"
             shutil.rmtree(staging, ignore_errors=True)
@@ -348,6 +351,8 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
     built.append(run.trainer)
     resume_from = _resume_point(run_dir, emit) if resume else None
     emit(_run_started(job, run, run_dir))
+    emit(ev.Progress(stage="first_step", current=0, total=1,
+                     message="first step (the slowest: memory is set up, kernels warm up)"))
     planned = planned_steps(run.trainer.args, len(run.data.train))
     if resume_from is not None and (runs.checkpoint_step(resume_from) or 0) >= planned:
         # Training had finished (the final save failed, e.g. on a full disk): load the last
@@ -445,7 +450,14 @@ def _setup_trainer(job: JobConfig, args: Any, model: Any, tokenizer: Any, data: 
     from engine._samples import sample_prompts_for
     from engine.methods import get_method
 
-    callback = EventCallback(emit, should_stop, tokenizer=tokenizer,
+    def stop_asked() -> bool:  # asked after each step until it says yes (then no more)
+        if not should_stop():
+            return False
+        emit(ev.Progress(stage="stopping", current=0, total=1,
+                         message="stopping after this step: saving a checkpoint"))
+        return True
+
+    callback = EventCallback(emit, stop_asked, tokenizer=tokenizer,
                              sample_prompts=[] if task else sample_prompts_for(job, data),
                              sample_max_new_tokens=job.training.sample_max_new_tokens,
                              device=device)
@@ -455,6 +467,8 @@ def _setup_trainer(job: JobConfig, args: Any, model: Any, tokenizer: Any, data: 
         data_collator=task.collator if task else Collator(tokenizer.pad_token_id, True),
         compute_metrics=task.compute_metrics if task else None, callbacks=[callback])
     trainer.on_checkpoint = lambda path, step: emit(ev.Checkpoint(step=step, path=str(path)))
+    trainer.on_saving = lambda step: emit(ev.Progress(
+        stage="checkpoint", current=0, total=1, message=f"saving the checkpoint of step {step}"))
     trainer.on_non_finite = callback.fail_non_finite
     trainer.lean_loss = job.task == "sft" and get_method(job.method.name).packs
     trainer.remove_callback(PrinterCallback)  # our events replace its prints on stdout

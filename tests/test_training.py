@@ -105,6 +105,14 @@ def test_stop_file_saves_a_checkpoint_and_resume_continues(tiny_llama_dir: Path,
     assert result.status == "stopped" and 2 <= stopped_at <= 3
     assert events[-1].status == "stopped"
     assert last_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"
+    # Every wait is named, in order: load, tokenize, first step, stopping, checkpoint, save.
+    stages = [e.stage for e in events if isinstance(e, ev.Progress)]
+    order = ["tokenize", "load_model", "first_step", "stopping", "checkpoint", "save"]
+    assert [s for s in dict.fromkeys(stages) if s in order] == order
+    assert set(stages) <= set(ev.STAGES)
+    first = next(i for i, e in enumerate(events) if isinstance(e, ev.Step))
+    before = [e.stage for e in events[:first] if isinstance(e, ev.Progress)]
+    assert before[-1] == "first_step"  # the wait before the first step is named
     (run_dir / "STOP").unlink()
 
     resumed: list = []

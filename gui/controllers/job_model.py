@@ -10,7 +10,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from engine.config import JobConfig, dump_job, job_from_dict, load_job, save_job
+from engine.config import JobConfig, OutputConfig, dump_job, job_from_dict, load_job, save_job
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -35,9 +35,13 @@ class JobModel(QObject):
     path_changed = Signal(str)
     dirty_changed = Signal(bool)
 
-    def __init__(self, job: JobConfig | None = None, parent: QObject | None = None) -> None:
+    def __init__(self, job: JobConfig | None = None, parent: QObject | None = None, *,
+                 runs_dir: str = "") -> None:
         super().__init__(parent)
-        self._job = job or JobConfig()
+        # The app's runs folder (AppSettings.runs_dir): a job that keeps the engine's default
+        # ``runs`` (relative to wherever the app was launched) trains there instead.
+        self.runs_dir = runs_dir
+        self._job = self._placed(job or JobConfig())
         self._path = ""
         self._dirty = False
 
@@ -90,9 +94,15 @@ class JobModel(QObject):
         self.replace(job_from_dict(_merge(self._job.to_dict(), partial)), dirty=True)
 
     def replace(self, job: JobConfig, *, dirty: bool = True) -> None:
-        self._job = job
+        self._job = self._placed(job)
         self._set_dirty(dirty)
         self.changed.emit("")
+
+    def _placed(self, job: JobConfig) -> JobConfig:
+        if self.runs_dir and job.output.runs_dir == OutputConfig().runs_dir:
+            output = dataclasses.replace(job.output, runs_dir=self.runs_dir)
+            return dataclasses.replace(job, output=output)
+        return job
 
     # ------------------------------------------------------------------ files
     def load(self, path: str | Path) -> None:

@@ -160,6 +160,7 @@ class QtHyperparamsPage(QWidget):
             title = QLabel(SECTION_TITLES.get(section, section))
             title.setStyleSheet("font-weight: 600; margin-top: 6px;")
             form = QtConfigForm(self.job, section_keys_)
+            form.folder_chosen.connect(self._on_folder_chosen)
             for label in form.labels.values():
                 label.setMinimumWidth(LABEL_WIDTH)
             body_layout.addWidget(title)
@@ -269,6 +270,10 @@ class QtHyperparamsPage(QWidget):
         self.advanced_toggle.setText(("Hide" if shown else "Show") + self.advanced_toggle.text()
                                      .partition(" ")[1] + self.advanced_toggle.text()
                                      .partition(" ")[2])
+
+    def _on_folder_chosen(self, key: str, path: str) -> None:
+        if key == "output.runs_dir":  # picked by hand: the app's runs folder from now on
+            self.ctx.settings.set_runs_dir(path)
 
     def _on_load(self) -> None:
         job_files.open_job_dialog(self, self.ctx)

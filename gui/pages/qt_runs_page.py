@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtGui import QBrush, QColor, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -25,8 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.runs import Curves, RunSummary, load_curves, scan_runs
+from engine.runs import EVENTS_FILE, Curves, RunSummary, load_curves, scan_runs
 from gui.controllers.run_controller import shared_controller
+from gui.widgets.qt_config_form import ask_folder
 from gui.widgets.qt_plots import make_plot
 from gui.widgets.qt_remote_code import RemoteCodeAsker
 from gui.widgets.qt_widgets import heading, page_layout
@@ -51,6 +52,7 @@ class QtRunsPage(RemoteCodeAsker, QWidget):
         self.controller = shared_controller(ctx.job)
         self.runs: list[RunSummary] = []
         self.curves: dict[Path, Curves] = {}
+        self.stamps: dict[Path, tuple[int, int]] = {}  # events file (mtime, size) per curve
         self.plotted: list[Any] = []
         self._build()
         self.timer = QTimer(self, interval=REFRESH_MS)
@@ -66,6 +68,11 @@ class QtRunsPage(RemoteCodeAsker, QWidget):
                                          "compare their loss curves."))
         row = QHBoxLayout()
         self.folder_label = QLabel()
+        self.folder_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.folder_button = QPushButton("Change folder…")
+        self.folder_button.setToolTip("Choose the folder that holds your runs; new runs go "
+                                      "there too (remembered for next time)")
+        self.folder_button.clicked.connect(self._on_change_folder)
         self.refresh_button = QPushButton("Refresh")
         self.watch_button = QPushButton("Watch on Train page")
         self.resume_button = QPushButton("Resume")
@@ -73,7 +80,8 @@ class QtRunsPage(RemoteCodeAsker, QWidget):
         self.watch_button.clicked.connect(self._on_watch)
         self.resume_button.clicked.connect(self._on_resume)
         row.addWidget(self.folder_label, 1)
-        for button in (self.refresh_button, self.watch_button, self.resume_button):
+        for button in (self.folder_button, self.refresh_button, self.watch_button,
+                       self.resume_button):
             row.addWidget(button)
         layout.addLayout(row)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -103,15 +111,15 @@ class QtRunsPage(RemoteCodeAsker, QWidget):
     def refresh(self) -> None:
         folder = self.runs_dir()
         self.folder_label.setText(f"Runs folder: {folder}")
-        selected = self.selected_dirs()
+        selected, stamps = self.selected_dirs(), dict(self.stamps)
         self.ctx.tasks.submit("runs_scan", "Reading the runs folder",
-                              lambda: _scan(folder, selected), self._on_scanned)
+                              lambda: _scan(folder, selected, stamps), self._on_scanned)
 
-    def _on_scanned(self, result: tuple[list[RunSummary], dict[Path, Curves]]) -> None:
+    def _on_scanned(self, result: tuple[list[RunSummary], dict[Path, _Loaded]]) -> None:
         runs, curves = result
         selected = set(self.selected_dirs())
         self.runs = runs
-        self.curves.update(curves)
+        self._keep(curves)
         self.table.blockSignals(True)
         self.table.setRowCount(len(runs))
         for i, run in enumerate(runs):
@@ -155,17 +163,21 @@ class QtRunsPage(RemoteCodeAsker, QWidget):
                 model.select(self.table.model().index(row, 0), flags)
 
     def _on_selection(self) -> None:
-        missing = [p for p in self.selected_dirs() if p not in self.curves]
-        if missing:
+        stale = [p for p in self.selected_dirs()
+                 if p not in self.curves or self.stamps.get(p) != events_stamp(p)]
+        if stale:
             self.ctx.tasks.submit("runs_curves", "Reading loss curves",
-                                  lambda: {p: load_curves(p) for p in missing},
-                                  self._on_curves)
+                                  lambda: _load(stale), self._on_curves)
         self._draw()
         self._update_buttons()
 
-    def _on_curves(self, curves: dict[Path, Curves]) -> None:
-        self.curves.update(curves)
+    def _on_curves(self, curves: dict[Path, _Loaded]) -> None:
+        self._keep(curves)
         self._draw()
+
+    def _keep(self, loaded: dict[Path, _Loaded]) -> None:
+        for run_dir, (stamp, curves) in loaded.items():
+            self.curves[run_dir], self.stamps[run_dir] = curves, stamp
 
     def _draw(self) -> None:
         item = self.plot.getPlotItem()
@@ -215,9 +227,23 @@ class QtRunsPage(RemoteCodeAsker, QWidget):
         if hasattr(window, "show_page"):
             window.show_page("train")
 
+    def _on_change_folder(self) -> None:
+        path = ask_folder(self, "Choose the runs folder", str(self.runs_dir()))
+        if path:
+            self.set_runs_dir(path)
+
+    def set_runs_dir(self, path: str) -> None:
+        """Show (and train new runs in) ``path``; the app remembers it as the runs folder."""
+        self.ctx.settings.set_runs_dir(path)
+        self.job.set("output.runs_dir", str(Path(path).resolve()))
+
     def _on_tick(self) -> None:
         if self.isVisible():
             self.refresh()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.refresh()  # a run may have moved on (or ended) while the page was hidden
 
     def _on_state_changed(self, _state: str) -> None:
         self._update_buttons()
@@ -227,8 +253,29 @@ class QtRunsPage(RemoteCodeAsker, QWidget):
             self.refresh()
 
 
-def _scan(folder: Path, selected: list[Path]) -> tuple[list[RunSummary], dict[Path, Curves]]:
-    """Summaries of every run, and fresh curves of the selected running ones (worker thread)."""
+_Loaded = tuple[tuple[int, int], Curves]  # (events file stamp, curves read at that stamp)
+
+
+def events_stamp(run_dir: Path) -> tuple[int, int]:
+    """(mtime in ns, size) of a run's events file: it changes whenever the run writes."""
+    try:
+        st = (run_dir / EVENTS_FILE).stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _load(run_dirs: list[Path]) -> dict[Path, _Loaded]:
+    out = {}
+    for run_dir in run_dirs:
+        stamp = events_stamp(run_dir)  # taken first: a line written meanwhile reloads again
+        out[run_dir] = (stamp, load_curves(run_dir))
+    return out
+
+
+def _scan(folder: Path, selected: list[Path],
+          stamps: dict[Path, tuple[int, int]]) -> tuple[list[RunSummary], dict[Path, _Loaded]]:
+    """Summaries of every run, and the curves of selected runs whose events file changed
+    since their curves were read, running or not (worker thread)."""
     runs = scan_runs(folder)
-    live = {r.run_dir for r in runs if r.running}
-    return runs, {p: load_curves(p) for p in selected if p in live}
+    return runs, _load([p for p in selected if stamps.get(p) != events_stamp(p)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,12 +111,17 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
         self.sampler = TelemetrySampler(parent=self)
         self._after_finish: list[Any] = []
         self._last_step: ev.Step | None = None
+        self._stage: ev.Progress | None = None  # the wait under way (cleared by a step)
+        self._t0 = time.time()  # when the shown run (segment) began
         self._device = ""
         self._oom_settings: dict[str, Any] = {}
         self._build()
         # QProgressBar.setValue repaints at once: update the bar and ETA ~4 times a second.
         self._progress_timer = QTimer(self, singleShot=True, interval=250)
         self._progress_timer.timeout.connect(self._on_progress_timer)
+        # The elapsed clock ticks while a run is active, between steps and while stopping.
+        self._clock = QTimer(self, interval=1000)
+        self._clock.timeout.connect(self._render)
         connect_handlers(self.controller, self, "reset", "events", "log", "state_changed",
                          "finished")
         app = QCoreApplication.instance()
@@ -234,10 +240,12 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
         self.banners.clear()
         self._after_finish = []
         self._last_step = None
+        self._stage = None
+        self._t0 = 0.0  # set by the first event (a replay's events are older than now)
         self.run_label.setText(f"Run: {Path(run_dir).name}")
         self.run_label.setToolTip(run_dir)
         self.progress.setRange(0, 0)
-        self.progress.setFormat("starting…")
+        self.progress.setFormat("starting the training process…")
         self.eta_label.setText("")
         self.log_view.clear()
 
@@ -247,19 +255,24 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
 
         bar = ProgressBar(stream)  # type: ignore[arg-type]
         for event in batch:
+            if not self._t0:
+                self._t0 = event.time
             if isinstance(event, ev.Step):
-                self._last_step = event
+                self._last_step, self._stage = event, None
             elif isinstance(event, ev.RunStarted):
                 self._device = event.device
-                self.progress.setRange(0, max(event.max_steps, 1))
                 self._ask_predicted_peak(event)
             elif isinstance(event, ev.Progress):
-                self.progress.setFormat(event.message)
+                done = event.total > 0 and event.current >= event.total
+                self._stage = None if done else event
+            elif isinstance(event, ev.Checkpoint) and self._stage is not None \
+                    and self._stage.stage == "checkpoint":
+                self._stage = None
             elif isinstance(event, ev.Warning | ev.Error):
                 self._show_diagnostic(event)
             if not isinstance(event, ev.Step) or _log_step(event):
                 bar(event)
-        if self._last_step is not None and not self._progress_timer.isActive():
+        if not self._progress_timer.isActive():
             self._progress_timer.start()
         if stream.lines:
             self.log_view.appendPlainText("\n".join(stream.lines))
@@ -268,17 +281,43 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
         self.log_view.appendPlainText("\n".join(lines))
 
     def _on_progress_timer(self) -> None:
-        if self._last_step is not None and self.controller.state != "finished":
-            self._show_progress(self._last_step)
+        if self.controller.state != "finished":
+            self._render()
 
-    def _show_progress(self, s: ev.Step) -> None:
+    def _render(self) -> None:
+        """The bar names the wait under way (loading, tokenizing, first step, stopping,
+        saving); the elapsed clock runs on between steps."""
+        stage = _stage_text(self._stage) if self._stage is not None else ""
+        stopping = self.controller.state == "stopping"
+        if stopping and (self._stage is None or self._stage.stage in ("first_step", "tokenize",
+                                                                      "load_model")):
+            stage = ev.STAGES["stopping"] + "…"
+        s = self._last_step
+        if s is None:
+            if self._stage is not None and self._stage.total > 1:
+                self.progress.setRange(0, self._stage.total)
+                self.progress.setValue(self._stage.current)
+            else:
+                self.progress.setRange(0, 0)  # busy: a wait of unknown length
+            self.progress.setFormat(stage or "starting the training process…")
+            since = self._t0 or time.time()
+            self.eta_label.setText(f"elapsed {_duration(time.time() - since)}"
+                                   if self.controller.is_active() else "")
+            return
+        self._show_progress(s, stage, ticking=self.controller.is_active())
+
+    def _show_progress(self, s: ev.Step, stage: str = "", *, ticking: bool = False) -> None:
         total = max(s.max_steps, 1)
         self.progress.setRange(0, total)
         self.progress.setValue(min(s.step, total))
-        self.progress.setFormat(f"step {s.step} / {total}  ·  loss {s.loss:.4f}")
+        self.progress.setFormat(f"step {s.step} / {total}  ·  loss {s.loss:.4f}"
+                                + (f"  ·  {stage}" if stage else ""))
+        # Between steps (a slow one, an evaluation, stopping) the clock goes on from the step.
+        elapsed = s.elapsed_s + (max(0.0, time.time() - s.time) if ticking else 0.0)
         eta = "?" if s.eta_s is None else _duration(s.eta_s)
+        tail = "" if stage and self.controller.state == "stopping" else f"  ·  ETA {eta}"
         self.eta_label.setText(f"{s.tokens_per_s:,.0f} tok/s  ·  elapsed "
-                               f"{_duration(s.elapsed_s)}  ·  ETA {eta}")
+                               f"{_duration(elapsed)}{tail}")
 
     def _on_state_changed(self, state: str) -> None:
         active = self.controller.is_active()
@@ -286,11 +325,16 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
         self.stop_button.setEnabled(active)
         self.stop_button.setText("■ Stop now" if state == "stopping" else "■ Stop")
         self.resume_button.setEnabled(not active and self._can_resume())
-        if state == "stopping":
-            self.progress.setFormat(self.progress.format() + "  ·  stopping after this step…")
+        if active:
+            self._clock.start()
+            self._render()
+        else:
+            self._clock.stop()
 
     def _on_finished(self, status: str) -> None:
         self._progress_timer.stop()
+        self._clock.stop()
+        self._stage = None
         if self._last_step is not None:
             self._show_progress(self._last_step)
         self.progress.setRange(0, max(self.progress.maximum(), 1))
@@ -527,6 +571,20 @@ def finished_clock(history: list[ev.Event], last: ev.Step | None) -> str:
     if last is not None:
         text += f"  ·  training steps {_duration(last.elapsed_s)}"
     return text
+
+
+def _stage_text(p: ev.Progress) -> str:
+    """'tokenizing (3/10)', 'loading the model', 'exporting: merging the adapter'…"""
+    label = ev.STAGES.get(p.stage, p.stage.replace("_", " "))
+    message = p.message.strip()
+    if not message or message.lower().startswith(label.split()[0]):
+        text = message or label
+    elif p.stage in ("load_model", "first_step", "stopping", "checkpoint", "save"):
+        text = message  # these messages say the stage themselves
+    else:
+        text = f"{label}: {message}"
+    count = f" ({p.current}/{p.total})" if p.total > 1 else ""
+    return f"{text}{count}…"
 
 
 def _duration(seconds: float) -> str:

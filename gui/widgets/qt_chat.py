@@ -107,10 +107,14 @@ class QtChat(RemoteCodeAsker, QWidget):
         layout.addLayout(self._settings_row())
         panes = QGridLayout()
         self.panes: dict[str, QtChatPane] = {}
+        self.waiting: dict[str, QLabel] = {}  # a note while a pane waits for its answer
         for column, side in enumerate(SIDES):
             group, inner = card(TITLES[side])
             self.panes[side] = QtChatPane()
+            self.waiting[side] = muted(QLabel())
+            self.waiting[side].hide()
             inner.addWidget(self.panes[side])
+            inner.addWidget(self.waiting[side])
             panes.addWidget(group, 0, column)
         layout.addLayout(panes, 1)
         bottom = QHBoxLayout()
@@ -176,17 +180,22 @@ class QtChat(RemoteCodeAsker, QWidget):
         if not text or not self.run_dir:
             return
         self.message.clear()
-        if self.controller.state == "off":
-            if not self.confirm_run(self.run_dir):
+        if self.controller.state in ("off", "loading"):
+            if self.controller.state == "off" and not self.confirm_run(self.run_dir):
                 self.message.setText(text)  # nothing is lost: the message waits in its box
                 return
             self._pending = text
-            self.controller.start(self.run_dir)
-            return
-        if self.controller.state == "loading":
-            self._pending = text
+            if self.controller.state == "off":
+                self.controller.start(self.run_dir)
+            for side in SIDES:
+                self._wait(side, "loading the models… your message is sent once they are "
+                                 "ready")
             return
         self.send(text)
+
+    def _wait(self, side: str, text: str) -> None:
+        self.waiting[side].setText(text)
+        self.waiting[side].setVisible(bool(text))
 
     def send(self, text: str) -> None:
         """Ask both models; each answers its own conversation."""
@@ -203,13 +212,17 @@ class QtChat(RemoteCodeAsker, QWidget):
                 max_new_tokens=self.max_tokens.value())
             self._answers[(req_id, side)] = []
             self.panes[side].start_answer()
+            # One chat process answers in turn: the tuned model waits for the base to finish.
+            self._wait(side, "the base model is answering…" if side == "base" else
+                       "loading the tuned model… it answers once the base model is done")
 
     def _on_clear(self) -> None:
         self.controller.cancel()
         self.history = {side: [] for side in SIDES}
         self._answers = {}
-        for pane in self.panes.values():
+        for side, pane in self.panes.items():
             pane.clear()
+            self._wait(side, "")
 
     # ------------------------------------------------------------------ controller
     def _on_state_changed(self, state: str) -> None:
@@ -243,6 +256,8 @@ class QtChat(RemoteCodeAsker, QWidget):
 
     def _on_token(self, req_id: Any, model: str, text: str) -> None:
         if (req_id, model) in self._answers:
+            if not self._answers[(req_id, model)]:
+                self._wait(model, "")  # the first word is here
             self._answers[(req_id, model)].append(text)
             self.panes[model].add_token(text)
 
@@ -251,6 +266,7 @@ class QtChat(RemoteCodeAsker, QWidget):
         if key not in self._answers:
             return
         side = key[1]
+        self._wait(side, "")
         self.history[side].append({"role": "assistant", "content": str(done.get("text", ""))})
         reason = {"length": " · cut at max tokens", "cancelled": " · stopped"}.get(
             str(done.get("finish_reason")), "")
@@ -260,3 +276,5 @@ class QtChat(RemoteCodeAsker, QWidget):
     def _on_error(self, message: str) -> None:
         self.status.setText(f"Error: {message}")
         self._pending = None
+        for side in SIDES:
+            self._wait(side, "")

@@ -1,7 +1,8 @@
 """A form built from config dataclass fields, so new config keys appear without GUI changes.
 
 int → spin box, float → spin box taking 2e-4, bool → check box, ``choices`` → combo box,
-str and list[str] → line edit (lists comma-separated). Tooltips are each field's help text.
+str and list[str] → line edit (lists comma-separated), with a Browse… folder picker when the
+field's metadata says ``folder``. Tooltips are each field's help text.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ import dataclasses
 import typing
 from typing import Any
 
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -25,6 +29,7 @@ from PySide6.QtWidgets import (
 from engine.config import JobConfig
 from engine.errors import UserError
 from gui.controllers.job_model import JobModel
+from gui.widgets.qt_wheel_guard import guard_inputs
 from gui.widgets.qt_widgets import SciSpinBox
 from gui.widgets.theme import WONT_FIT
 
@@ -52,8 +57,18 @@ def _field_type(job: JobModel, key: str) -> Any:
     return typing.get_type_hints(owner)[name]
 
 
+def ask_folder(parent: QWidget, title: str, start: str) -> str:
+    """A folder picker ('' when cancelled); tests replace it."""
+    return QFileDialog.getExistingDirectory(parent, title, start)
+
+
 class QtConfigForm(QWidget):
-    """Editors for ``keys`` of the job; each edit goes through ``JobModel.set``."""
+    """Editors for ``keys`` of the job; each edit goes through ``JobModel.set``.
+
+    ``folder_chosen(key, path)`` fires after a folder was picked with a Browse… button.
+    """
+
+    folder_chosen = Signal(str, str)
 
     def __init__(self, job: JobModel, keys: list[str], parent: QWidget | None = None, *,
                  inline: bool = False) -> None:
@@ -61,6 +76,7 @@ class QtConfigForm(QWidget):
         self.job = job
         self.editors: dict[str, QWidget] = {}
         self.labels: dict[str, QLabel] = {}
+        self.browse_buttons: dict[str, QPushButton] = {}
         self._inline = QHBoxLayout() if inline else None
         self._form = QFormLayout()
         self._form.setLabelAlignment(self._form.labelAlignment())
@@ -79,19 +95,44 @@ class QtConfigForm(QWidget):
 
     def _add_row(self, key: str) -> None:
         editor = self._make_editor(key)
+        guard_inputs(editor)  # scrolling the form never changes a setting
         help_text = self.job.field(key).metadata.get("help", "")
         editor.setToolTip(help_text)
         label = QLabel(label_for(key.rpartition(".")[2]))
         label.setToolTip(help_text)
         self.editors[key] = editor
         self.labels[key] = label
+        field_widget = self._with_browse(key, editor)
         if self._inline is not None:
             self._inline.addWidget(label)
-            self._inline.addWidget(editor)
+            self._inline.addWidget(field_widget)
             self._inline.addSpacing(12)
         else:
-            self._form.addRow(label, editor)
+            self._form.addRow(label, field_widget)
         self._show(key)
+
+    def _with_browse(self, key: str, editor: QWidget) -> QWidget:
+        """The editor, or for a folder key the editor and a Browse… button in a row."""
+        if not self.job.field(key).metadata.get("folder"):
+            return editor
+        row = QWidget()
+        layout = QHBoxLayout(row)
+        layout.setContentsMargins(0, 0, 0, 0)
+        button = QPushButton("Browse…")
+        button.setToolTip("Choose the folder")
+        button.clicked.connect(lambda _c=False, k=key: self._on_browse(k))
+        layout.addWidget(editor, 1)
+        layout.addWidget(button)
+        self.browse_buttons[key] = button
+        return row
+
+    def _on_browse(self, key: str) -> None:
+        path = ask_folder(self, f"Choose {label_for(key.rpartition('.')[2]).lower()}",
+                          str(self.job.get(key)))
+        if path:
+            self._commit(key, path)
+            if self.job.get(key) == path:
+                self.folder_chosen.emit(key, path)
 
     def _make_editor(self, key: str) -> QWidget:
         tp = _field_type(self.job, key)
@@ -159,4 +200,4 @@ class QtConfigForm(QWidget):
             self.labels[key].setVisible(visible)
             self.editors[key].setVisible(visible)
         else:
-            self._form.setRowVisible(self.editors[key], visible)
+            self._form.setRowVisible(self.labels[key], visible)

@@ -8,6 +8,7 @@ import time
 from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtWidgets import QApplication, QWidget
 
+from engine import runs
 from gui.controllers.app_context import AppContext
 from gui.controllers.job_model import JobModel
 from gui.controllers.settings import AppSettings
@@ -33,13 +34,26 @@ def create_app(app: QApplication, *, theme: str | None = None,
 
 def create_context(settings: AppSettings, parent: QObject | None = None) -> AppContext:
     """The job, the worker pool and the settings every page is built from."""
-    return AppContext(job=JobModel(parent=parent), tasks=TaskRunner(parent), settings=settings)
+    job = JobModel(parent=parent, runs_dir=settings.runs_dir())
+    settings.runs_dir_changed.connect(lambda path: setattr(job, "runs_dir", path))
+    return AppContext(job=job, tasks=TaskRunner(parent), settings=settings)
 
 
-def create_window(ctx: AppContext, *, job: str | None = None, page: str = "model") -> QtMainWindow:
+def create_window(ctx: AppContext, *, job: str | None = None, page: str = "model",
+                  reopen: bool = True) -> QtMainWindow:
+    """The window with ``job`` open, or (``reopen``) the job open when the app last closed.
+
+    When a run of that job is still training (its trainer holds the run's lock, e.g. kept
+    going in the background when the window closed), the Train page opens attached to it.
+    """
     window = QtMainWindow(ctx)
-    if job:
-        window.open_job(job)
+    path = job or (ctx.settings.last_job() if reopen else "")
+    if path and window.open_job(path):
+        live = runs.live_runs_of(ctx.job.job.output.runs_dir, ctx.job.job.name)
+        if live:
+            window.show_page("train")
+            window.page("train").attach(live[0])  # type: ignore[attr-defined]
+            return window
     window.show_page(page)
     return window
 

@@ -33,6 +33,7 @@ from engine.config import JobConfig
 from gui.controllers import job_files
 from gui.controllers.app_context import AppContext
 from gui.pages.page_list import PAGES, page_spec
+from gui.widgets.qt_wheel_guard import guard_inputs
 from gui.widgets.theme import THEMES, set_theme
 from gui.window import help as app_help
 
@@ -268,6 +269,7 @@ class QtMainWindow(QMainWindow):
         if key not in self.pages:
             index = [p.key for p in PAGES].index(key)
             widget = page_spec(key).build(self.ctx)
+            guard_inputs(widget)  # the wheel changes only a focused input
             old = self.stack.widget(index)
             self.stack.insertWidget(index, widget)
             self.stack.removeWidget(old)
@@ -397,5 +399,6 @@ class QtMainWindow(QMainWindow):
                 event.ignore()
                 return
         self.ctx.settings.set_geometry(self.saveGeometry())
+        self.ctx.settings.set_last_job(self.job.path)  # reopened at the next start
         self.ctx.settings.sync()
         event.accept()

@@ -39,6 +39,10 @@ def test_chat_streams_both_models_and_frees_them_on_leave(qtbot: Any, ctx: Any,
     chat, controller = page.chat, page.chat_controller
     tokens: list[tuple[str, str]] = []
     controller.token.connect(lambda _id, model, text: tokens.append((model, text)))
+    tuned_note: list[str] = []  # what the tuned pane says while the base answers
+    controller.token.connect(lambda _id, model, _t: tuned_note.append(
+        chat.waiting["tuned"].text() if not chat.waiting["tuned"].isHidden() else "")
+        if model == "base" else None)
     chat.temperature.setValue(0.0)
     chat.max_tokens.setValue(6)
     assert chat.send_button.isEnabled() and controller.state == "off"
@@ -46,12 +50,15 @@ def test_chat_streams_both_models_and_frees_them_on_leave(qtbot: Any, ctx: Any,
     chat.send_button.click()  # starts the chat process; the message waits until it is ready
     try:
         assert controller.state == "loading" and chat.message.text() == ""
+        assert "loading the models" in chat.waiting["tuned"].text()
         qtbot.waitUntil(lambda: all(len(h) == 2 for h in chat.history.values()),
                         timeout=CHILD_MS)
         assert controller.info["models"] == ["base", "tuned"]
         assert controller.info["chat_template"] is True
         assert "chat template" in chat.status.text()
         assert {m for m, _ in tokens} == {"base", "tuned"}  # streamed from both
+        assert tuned_note and "loading the tuned model" in tuned_note[0]
+        assert all(label.isHidden() for label in chat.waiting.values())  # answered: gone
         for side in ("base", "tuned"):
             streamed = "".join(t for m, t in tokens if m == side)
             assert chat.history[side][1] == {"role": "assistant", "content": streamed}

@@ -220,3 +220,27 @@ def test_stop_grace_follows_the_slowest_recent_wait() -> None:
                           ev.Step(step=1, time=100_010.0), ev.Eval(step=1, time=100_100.0),
                           ev.Step(step=2, time=100_110.0)]
     assert controller.grace_s() == 270  # 3 × the 90 s evaluation; the old gap is history
+
+
+def test_a_run_that_ended_while_the_page_was_hidden_shows_its_full_curve(
+        qtbot: Any, ctx: AppContext, runs: dict[str, Path]) -> None:
+    page = _page(qtbot, ctx)
+    page.select_runs([runs["dead"]])
+    qtbot.waitUntil(lambda: len(page.plotted) == 1, timeout=10_000)
+    assert tuple(page.plotted[0].getData()[0]) == (1.0,)
+    page.hide()  # the run goes on, and ends, while the page is hidden (not running any more)
+    with open(runs["dead"] / EVENTS_FILE, "a") as fh:
+        for event in [*steps([2.4, 2.3, 2.2, 2.1, 2.0], start=2),
+                      ev.RunFinished(status="completed", step=6)]:
+            fh.write(ev.to_json(event) + "\n")
+    page.show()  # showing the page reads the curve again: its events file changed
+    qtbot.waitUntil(lambda: page.plotted and len(page.plotted[0].getData()[0]) == 6,
+                    timeout=10_000)
+    with open(runs["dead"] / EVENTS_FILE, "a") as fh:
+        fh.write(ev.to_json(steps([1.9], start=7)[0]) + "\n")
+    page.refresh_button.click()  # and so does Refresh
+    qtbot.waitUntil(lambda: page.plotted and len(page.plotted[0].getData()[0]) == 7,
+                    timeout=10_000)
+    status = {page.table.item(i, 0).text(): page.table.item(i, 1).text()
+              for i in range(page.table.rowCount())}
+    assert status["dead"] == "completed"
