@@ -121,6 +121,10 @@ class MethodConfig:
         "Prefix tuning: reparameterise the prefix through an MLP (more stable, more memory)."))
     double_quant: bool = field(default=True, metadata=_help(
         "QLoRA: quantize the quantization constants too (saves ~0.4 bit per weight)."))
+    adapter_dtype: str = field(default="fp32", metadata=_help(
+        "LoRA/DoRA/QLoRA: dtype of the trained weights (and their gradients and AdamW states): "
+        "fp32 (stable, peft's default) or compute (the base's compute dtype, e.g. bf16: half "
+        "the bytes).", choices=("fp32", "compute")))
 
     def __post_init__(self) -> None:
         _check_choices(self, "method")
