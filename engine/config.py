@@ -161,6 +161,10 @@ class TrainingConfig:
         choices=PRECISIONS))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "Recompute activations in the backward pass: much less memory, ~30% slower."))
+    activation_offloading: str = field(default="auto", metadata=_help(
+        "CUDA: keep the activations saved for backward in CPU memory (with checkpointing: "
+        "each layer's input), slower. auto: on only when the advisor predicts the job fits "
+        "the GPU just with it; ignored on the CPU.", choices=("auto", "on", "off")))
     eval_steps: int = field(default=0, metadata=_help(
         "Evaluate every N steps (0: at the end only)."))
     save_steps: int = field(default=0, metadata=_help(

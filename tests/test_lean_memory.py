@@ -131,3 +131,67 @@ def test_catalog_knows_base_and_instruct_hub_ids() -> None:
     from engine.advisor import resolve_model
 
     assert resolve_model("Qwen/Qwen2.5-7B").info["from"] == "catalog"
+
+
+# --------------------------------------------------------------------------- offloading
+
+
+def _grads(model: Any, ids: torch.Tensor, offload: Any = None) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    if offload is None:
+        loss = model(input_ids=ids, labels=ids).loss
+    else:
+        with offload:
+            loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()  # outside the context: the saved tensors' unpack hooks travel with them
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_offloaded_activations_give_the_same_gradients(ckpt: bool) -> None:
+    from engine._offload import OffloadActivations
+
+    torch.manual_seed(0)
+    config = _tiny()
+    model = LlamaForCausalLM(config).train()
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids = torch.randint(0, 256, (2, 24))
+    plain = _grads(model, ids)
+    off = OffloadActivations(devices=("cpu",))  # the CUDA path's logic, exercised on the CPU
+    moved = _grads(model, ids, off)
+    assert plain.keys() == moved.keys()
+    for name, g in plain.items():
+        torch.testing.assert_close(moved[name], g, rtol=0, atol=0, msg=name)
+    assert off.offloaded_bytes > 0
+    if ckpt:  # checkpointing saves each layer's input outside its own hooks: those move
+        layer_inputs = config.num_hidden_layers * ids.numel() * config.hidden_size * 4
+        assert off.offloaded_bytes >= layer_inputs
+
+
+def test_offloading_skips_parameters_small_tensors_and_other_devices() -> None:
+    from engine._offload import OffloadActivations
+
+    off = OffloadActivations(devices=("cpu",), min_bytes=64)
+    w = torch.nn.Parameter(torch.randn(8, 8))
+    small = torch.randn(4, requires_grad=True)
+    assert off._pack(w) is w and off._pack(small) is small
+    assert OffloadActivations()._pack(torch.randn(64, 64)) is not None  # cuda only: kept
+    big = torch.randn(64, 64)
+    packed = off._pack(big)
+    assert isinstance(packed, tuple) and packed[0].data_ptr() != big.data_ptr()
+    assert torch.equal(off._unpack(packed), big)
+
+
+def test_offload_decision_refuses_the_cpu_with_a_reason() -> None:
+    from engine._offload import offload_decision
+
+    assert offload_decision("on", "cpu")[0] is False
+    assert "ignored on cpu" in offload_decision("on", "cpu")[1]
+    assert offload_decision("auto", "cpu")[0] is False
+    assert offload_decision("on", "cuda") == (True, "training.activation_offloading: on")
+    assert offload_decision("auto", "cuda", needed=True)[0] is True
+    assert offload_decision("auto", "cuda", needed=None)[0] is False
+    assert offload_decision("off", "cuda", needed=True)[0] is False
+    job = job_from_dict({"training": {"activation_offloading": "on"}})
+    assert job.training.activation_offloading == "on"
