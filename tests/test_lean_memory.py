@@ -337,3 +337,28 @@ def test_8b_job_predictions_of_the_lean_stack() -> None:
     assert reserved("qlora", activation_offloading=True, adapter_dtype="compute") <= 7.4
     assert reserved("qlora", activation_offloading=False) < 8.7  # was 16.9 before
     assert reserved("lora", activation_offloading=False) < 18.2  # was 25.0 before
+
+
+@pytest.mark.parametrize(("method", "dropout", "ckpt"), [
+    ("lora", 0.05, False), ("lora", 0.0, False), ("lora", 0.05, True), ("full", 0.05, False)])
+def test_cpu_bf16_autocast_terms_match_saved_tensors(method: str, dropout: float,
+                                                     ckpt: bool) -> None:
+    """fp32 weights under CPU bf16 autocast: 16-bit activations, an fp32 residual stream and
+    the 16-bit weight copies each frozen linear saves (what the CPU self-check runs)."""
+    from test_advisor_memory import build, saved_for_backward_bytes, tiny_config
+
+    from engine.advisor import MethodOptions, Setup, method_counts, model_facts
+    from engine.advisor import _memory as mem
+
+    config = tiny_config(num_hidden_layers=4, hidden_size=128, intermediate_size=256)
+    opts = MethodOptions(r=8, dropout=dropout)
+    model = build(config, method, opts)
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        measured = saved_for_backward_bytes(model, 2, 48)
+    s = Setup(method=method, batch_size=2, seq_len=48, device="cpu", dtype_bytes=4, r=8,
+              lora_dropout=dropout, attention_mask=False, gradient_checkpointing=ckpt,
+              autocast_bytes=2)
+    t = mem.terms(model_facts(config), method_counts(config, method, opts), s)
+    assert t.activations + t.logits == pytest.approx(measured, rel=0.10)

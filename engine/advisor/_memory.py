@@ -70,6 +70,11 @@ class Setup:
     fused_loss: bool = False  # a compiled/fused cross-entropy keeps no fp32 log-softmax
     activation_offloading: bool = False  # saved activations wait in CPU memory (CUDA)
     linear_ce: bool = False  # engine._loss's chunked linear cross-entropy (or Liger's)
+    # >0: the weights are dtype_bytes (fp32 on the CPU) but autocast computes in this many
+    # bytes (bf16 autocast on a CPU with native bf16): activations are 16-bit and every
+    # frozen linear saves its 16-bit weight copy for the backward pass.
+    autocast_bytes: int = 0
+    residual_bytes: int = 0  # the residual stream's bytes when not dtype_bytes (autocast: fp32)
 
     @property
     def kind(self) -> str:
@@ -80,6 +85,11 @@ class Setup:
     def tokens(self) -> int:
         extra = self.num_virtual_tokens if self.kind in ("prompt", "ptuning_v2") else 0
         return self.batch_size * (self.seq_len + extra)
+
+    @property
+    def residual(self) -> int:
+        """Bytes of the residual stream (layer inputs, norm outputs)."""
+        return self.residual_bytes or self.dtype_bytes
 
     @property
     def mask_bytes(self) -> int:
@@ -223,8 +233,12 @@ def _lora_bytes(f: ModelFacts, s: Setup, targets: list[Any]) -> float:
     a = s.dtype_bytes
     per_module_copy = s.lora_dropout > 0 or s.adapter_dtype_bytes != a
     if per_module_copy:
-        mask = s.mask_bytes if s.lora_dropout > 0 else 0
-        total = sum(lf.in_features * (a + mask) for lf in targets)
+        def mask(lf: Any) -> int:  # CPU dropout's mask has its input's dtype
+            if s.lora_dropout <= 0:
+                return 0
+            fed = lf.group in ("attn_in", "mlp_in") and s.device != "cuda"
+            return s.residual if fed else s.mask_bytes
+        total = sum(lf.in_features * (a + mask(lf)) for lf in targets)
     else:
         total = _shared_input_bytes(f, s, {lf.group for lf in targets})
     total += len(targets) * s.r * a  # lora_A's output, read by lora_B
@@ -239,7 +253,10 @@ def layer_bytes_per_token(f: ModelFacts, s: Setup, targets: list[Any]) -> float:
     full = s.kind == "full"
     total = f.norms_per_layer * _norm_bytes(s, f.hidden, full)
     total += _attention_bytes(f, s) + _mlp_bytes(f, s)
-    if full:
+    if full and s.residual != s.dtype_bytes:  # autocast casts the input once per linear
+        total += _shared_input_bytes(f, s, {"attn_out", "mlp_out"}) + s.dtype_bytes * sum(
+            lf.in_features for lf in f.linears if lf.group in ("attn_in", "mlp_in"))
+    elif full:
         total += _shared_input_bytes(f, s, {lf.group for lf in f.linears})
     elif s.kind in LORA_KINDS:
         total += _lora_bytes(f, s, targets)
@@ -307,7 +324,7 @@ def activation_bytes(f: ModelFacts, s: Setup, targets: list[Any]) -> float:
     """
     per_layer = layer_bytes_per_token(f, s, targets)
     if s.gradient_checkpointing:
-        per_layer = s.dtype_bytes * f.hidden
+        per_layer = s.residual * f.hidden
         if s.activation_offloading:  # only the layers in flight stay on the GPU
             per_layer *= min(1.0, 2 / f.layers)
     extra_kv = 0.0
@@ -388,16 +405,44 @@ class Terms:
         return self.weights + self.optimizer + max(backward, step)
 
 
+def autocast_copies(f: ModelFacts, s: Setup) -> tuple[float, float, float]:
+    """(saved, recompute, loss) bytes of the 16-bit weight copies autocast makes.
+
+    Under autocast an fp32 weight is cast to 16 bits at every use and a linear keeps that
+    copy for its input's gradient: all decoder-layer linears without checkpointing, one layer
+    (rebuilt) with it. The head's copy is saved by the model's own loss, or lives through the
+    chunked loss's forward. QLoRA's 4-bit weights are dequantized, not cast (a transient).
+    """
+    if not s.autocast_bytes or s.autocast_bytes >= s.dtype_bytes:
+        return 0.0, 0.0, 0.0
+    a = s.autocast_bytes
+    layers = 0.0 if s.kind == "qlora" else f.layer_linear_params * a
+    head = f.vocab * f.hidden * a
+    if s.gradient_checkpointing:
+        saved, recompute = 0.0, layers / f.layers
+    else:
+        saved, recompute = layers, 0.0
+    if not s.linear_ce:
+        return saved + head, recompute, 0.0
+    return saved, recompute, head
+
+
 def terms(f: ModelFacts, counts: MethodCounts, s: Setup, target_modules: tuple[str, ...]
           = ("all-linear",)) -> Terms:
     """Every term of the prediction for one setup."""
     targets = lora_targets(f, target_modules)
+    # activations and loss buffers are in the compute dtype, weights and states in theirs
+    c = replace(s, dtype_bytes=s.autocast_bytes, residual_bytes=s.dtype_bytes) if (
+        s.autocast_bytes) else s
+    saved, rebuilt, head = autocast_copies(f, s)
     return Terms(
         weights=weight_bytes(f, counts, s), gradients=gradient_bytes(counts, s),
-        optimizer=optimizer_bytes(counts, s), activations=activation_bytes(f, s, targets),
-        logits=logits_saved_bytes(f, s), transients=_transients(f, counts, s, targets),
-        step_transient=_step_transient(counts, s), loss_transient=logits_transient_bytes(f, s),
-        recompute=_recompute(f, s, targets))
+        optimizer=optimizer_bytes(counts, s),
+        activations=activation_bytes(f, c, targets) + saved,
+        logits=logits_saved_bytes(f, c), transients=_transients(f, counts, c, targets),
+        step_transient=_step_transient(counts, s),
+        loss_transient=logits_transient_bytes(f, c) + head,
+        recompute=_recompute(f, c, targets) + rebuilt)
 
 
 def estimate(f: ModelFacts, counts: MethodCounts, s: Setup, *,

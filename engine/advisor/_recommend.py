@@ -336,6 +336,7 @@ def predict_job_peak(job: Any, device: str, *, corrected: bool = True,
     m, t = job.method, job.training
     model = resolve_model(job.model.source)
     dtype = 4 if device != "cuda" or t.precision == "fp32" else 2
+    autocast = 2 if device == "cpu" and _cpu_autocast(t.precision) else 0
     target = Target(device, None, device, dtype)
     opts = MethodOptions(r=m.r, alpha=m.alpha, dropout=m.dropout,
                          target_modules=tuple(m.target_modules),
@@ -350,8 +351,19 @@ def predict_job_peak(job: Any, device: str, *, corrected: bool = True,
                         gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer,
                         attn_implementation=job.model.attn_implementation,
                         activation_offloading=activation_offloading),
-                double_quant=m.double_quant, full_master_fp32=t.precision == "fp16")
+                double_quant=m.double_quant, full_master_fp32=t.precision == "fp16",
+                autocast_bytes=autocast)
     return p.predict(s, corrected=corrected)
+
+
+def _cpu_autocast(precision: str) -> bool:
+    """Whether ``training.precision`` runs bf16 autocast on this CPU (engine.models decides)."""
+    from engine.models import resolve_precision
+
+    try:
+        return bool(resolve_precision(precision, "cpu").bf16)
+    except UserError:  # refused on this CPU: the run will not start either
+        return False
 
 
 def offload_needed(job: Any) -> bool | None:

@@ -62,8 +62,9 @@ def prepare_kbit(model: Any) -> Any:
     """
     for param in model.parameters():
         param.requires_grad = False
-    if getattr(model, "is_gradient_checkpointing", False) and hasattr(
-            model, "enable_input_require_grads"):
+    name = ("is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing")
+            else "is_gradient_checkpointing")  # transformers 5 renamed it
+    if getattr(model, name, False) and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     return model
 
