@@ -71,15 +71,17 @@ class Request:
     gradient_checkpointing: bool | None
     activation_offloading: bool | None = None  # None: the search may switch it on (CUDA)
 
-    def savers(self, device: str) -> list[tuple[str, bool]]:
+    def savers(self, device: str, ckpt: bool) -> list[tuple[str, bool]]:
         """(optimizer, offloading) in the order tried: as asked, then paged 8-bit AdamW
-        (its states leave the GPU when it is full; near-free in speed), then offloading."""
+        (its states leave the GPU when it is full; near-free in speed), then offloading, then
+        both. Offloading is tried only with checkpointing (then it moves one tensor per layer;
+        without, every saved activation would cross PCIe each step)."""
         offload = bool(self.activation_offloading)
-        out = [(self.optimizer, offload)]
-        if self.optimizer == "adamw":
-            out.append(("paged_adamw_8bit", offload))
-        if self.activation_offloading is None and device == "cuda":
-            out.append((out[-1][0], True))
+        optimizers = [self.optimizer] + (["paged_adamw_8bit"] if self.optimizer == "adamw"
+                                         else [])
+        out = [(o, offload) for o in optimizers]
+        if self.activation_offloading is None and device == "cuda" and ckpt:
+            out += [(o, True) for o in optimizers]
         return out
 
     @property
@@ -173,7 +175,7 @@ def _search(p: Predictor, methods: list[str], req: Request) -> dict[str, Any] | 
     for seq in _seq_lens(req):
         for method in methods:
             for b, ckpt in _candidates(req):
-                for optimizer, offload in req.savers(p.target.device):
+                for optimizer, offload in req.savers(p.target.device, ckpt):
                     s = p.setup(method, batch_size=b, seq_len=seq, gradient_checkpointing=ckpt,
                                 optimizer=optimizer, activation_offloading=offload)
                     est = p.predict(s)
