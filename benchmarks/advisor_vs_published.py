@@ -126,7 +126,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['source']} | {r['gpu']} | {r['model']} | {r['method']} | "
             f"{r['measured']} {r['unit']} | {r['predicted_reserved_gib']:.2f} GiB | "
             f"{r['error']:+.1%} | {t['weights']:.2f} | {t['activations']:.2f} | "
-            f"{t['logits']:.2f} | {t['optimizer'] + t['gradients']:.2f} |")
+            f"{t['logits'] + t['recompute'] + t['transients']:.2f} | "
+            f"{t['optimizer'] + t['gradients']:.2f} |")
     return "\n".join(out)
 
 

@@ -159,15 +159,19 @@ def plain_head(model: Any) -> tuple[Any, Any] | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     decoder, head = getattr(base, "model", None), getattr(base, "lm_head", None)
-    if (config is None or getattr(config, "model_type", None) not in PLAIN_HEAD_TYPES
+    if (not plain_head_config(config)
             or not isinstance(decoder, nn.Module) or type(head) is not nn.Linear
             or head.bias is not None
             or getattr(base, "loss_type", "ForCausalLM") != "ForCausalLM"):
         return None
-    for key in _LOGIT_TRANSFORMS:
-        if getattr(config, key, None) not in (None, 1, 1.0):
-            return None
     return decoder, head
+
+
+def plain_head_config(config: Any) -> bool:
+    """Whether a model of ``config`` computes its logits plainly (the advisor asks too)."""
+    if config is None or getattr(config, "model_type", None) not in PLAIN_HEAD_TYPES:
+        return False
+    return all(getattr(config, key, None) in (None, 1, 1.0) for key in _LOGIT_TRANSFORMS)
 
 
 def trainer_loss(trainer: Any, model: Any, inputs: dict[str, Any],

@@ -35,12 +35,25 @@ def names() -> list[str]:
 
 
 def get(name_or_hub_id: str) -> dict[str, Any] | None:
-    """The entry whose name or hub id matches (case-insensitive), or None."""
+    """The entry whose name, hub id or a variant's hub id matches (case-insensitive), or None.
+
+    A variant (the family's base or instruct twin, same architecture) comes back as the
+    entry with that variant's ``hub_id`` and ``display_name``; ``name`` stays the entry's.
+    """
     key = name_or_hub_id.strip().lower()
     for entry in _entries():
         if key in (entry["name"].lower(), entry["hub_id"].lower()):
             return copy.deepcopy(entry)
+        for variant in entry.get("variants", ()):
+            if key == variant["hub_id"].lower():
+                return {**copy.deepcopy(entry), **variant}
     return None
+
+
+def hub_ids() -> list[str]:
+    """Every hub id the catalog knows offline (entries and their variants)."""
+    return [hub for e in _entries()
+            for hub in (e["hub_id"], *(v["hub_id"] for v in e.get("variants", ())))]
 
 
 def catalog_config(name: str) -> Any:

@@ -121,6 +121,10 @@ class MethodConfig:
         "Prefix tuning: reparameterise the prefix through an MLP (more stable, more memory)."))
     double_quant: bool = field(default=True, metadata=_help(
         "QLoRA: quantize the quantization constants too (saves ~0.4 bit per weight)."))
+    adapter_dtype: str = field(default="fp32", metadata=_help(
+        "LoRA/DoRA/QLoRA: dtype of the trained weights (and their gradients and AdamW states): "
+        "fp32 (stable, peft's default) or compute (the base's compute dtype, e.g. bf16: half "
+        "the bytes).", choices=("fp32", "compute")))
 
     def __post_init__(self) -> None:
         _check_choices(self, "method")
@@ -157,6 +161,10 @@ class TrainingConfig:
         choices=PRECISIONS))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "Recompute activations in the backward pass: much less memory, ~30% slower."))
+    activation_offloading: str = field(default="auto", metadata=_help(
+        "CUDA: keep the activations saved for backward in CPU memory (with checkpointing: "
+        "each layer's input), slower. auto: on only when the advisor predicts the job fits "
+        "the GPU just with it; ignored on the CPU.", choices=("auto", "on", "off")))
     eval_steps: int = field(default=0, metadata=_help(
         "Evaluate every N steps (0: at the end only)."))
     save_steps: int = field(default=0, metadata=_help(

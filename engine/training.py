@@ -145,6 +145,7 @@ def make_trainer_class() -> type:
         # Called (state, control, what) when a step's loss or gradient norm is NaN/inf.
         on_non_finite: Callable[[Any, Any, str], None] | None = None
         lean_loss = False
+        offload: Any = None  # an engine._offload.OffloadActivations, or None
         _tokens: TokenCounter | None = None
         _bad: Any = None  # device flag: a step since the last check was non-finite
 
@@ -155,6 +156,13 @@ def make_trainer_class() -> type:
                 if self._tokens is None:
                     self._tokens = TokenCounter()
                 self._tokens.add(inputs, counts)
+            if model.training and self.offload is not None:  # engine._offload
+                with self.offload:
+                    return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool,
+                          num_items_in_batch: Any) -> Any:
             # Evaluation reads outputs only for compute_metrics (classify): the loss is enough.
             if self.lean_loss and (not return_outputs or self.compute_metrics is None):
                 loss = trainer_loss(self, model, inputs, num_items_in_batch)
@@ -471,10 +479,29 @@ def _setup_trainer(job: JobConfig, args: Any, model: Any, tokenizer: Any, data: 
         stage="checkpoint", current=0, total=1, message=f"saving the checkpoint of step {step}"))
     trainer.on_non_finite = callback.fail_non_finite
     trainer.lean_loss = job.task == "sft" and get_method(job.method.name).packs
+    trainer.offload = _offload(job, device, emit)
     trainer.remove_callback(PrinterCallback)  # our events replace its prints on stdout
     trainer.remove_callback(ProgressCallback)
     _add_memory_check(trainer, job, emit)
     return trainer, callback
+
+
+def _offload(job: JobConfig, device: str, emit: ev.EventSink) -> Any:
+    """``training.activation_offloading`` as this device allows (auto asks the advisor)."""
+    from engine._offload import OffloadActivations, offload_decision
+
+    requested = job.training.activation_offloading
+    needed = None
+    if requested == "auto" and device == "cuda":
+        try:
+            from engine.advisor import offload_needed
+        except ImportError:  # a build without the advisor: auto stays off
+            offload_needed = None
+        needed = offload_needed(job) if offload_needed is not None else None
+    on, why = offload_decision(requested, device, needed=needed)
+    if (on and requested == "auto") or (not on and requested == "on"):
+        emit(ev.Warning(code="activation_offloading", message=why))
+    return OffloadActivations() if on else None
 
 
 def _task_setup(job: JobConfig, spec: Any, tokenizer: Any) -> Any:

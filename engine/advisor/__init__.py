@@ -24,7 +24,12 @@ from engine.advisor._memory import (
     memory_model,
     nf4_bytes_per_param,
 )
-from engine.advisor._recommend import advise, method_param_counts, predict_job_peak
+from engine.advisor._recommend import (
+    advise,
+    method_param_counts,
+    offload_needed,
+    predict_job_peak,
+)
 
 __all__ = [
     "MEMORY_TERMS",
@@ -44,6 +49,7 @@ __all__ = [
     "method_param_counts",
     "model_facts",
     "nf4_bytes_per_param",
+    "offload_needed",
     "predict_job_peak",
     "resolve_model",
 ]

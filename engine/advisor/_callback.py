@@ -47,7 +47,7 @@ class MemoryCheckCallback(TrainerCallback):
         self._rss_begin = 0
         self._maxrss_begin = 0
         self._shape = (0, 0)  # the (batch, tokens) of the biggest batch seen
-        self._hook: Any = None
+        self._hooks: list[Any] = []
         self._job_peak = 0.0  # the job-level prediction (Method page, gauges), bytes
 
     # ------------------------------------------------------------------ trainer events
@@ -92,7 +92,12 @@ class MemoryCheckCallback(TrainerCallback):
             torch.cuda.reset_peak_memory_stats()
         self._rss_begin, self._maxrss_begin = _rss_bytes(), _peak_rss_bytes()
         if model is not None:
-            self._hook = model.register_forward_pre_hook(self._see_batch, with_kwargs=True)
+            from engine._loss import plain_head
+
+            # The engine's chunked loss calls the decoder itself, not the model's forward.
+            parts = plain_head(model)
+            self._hooks = [m.register_forward_pre_hook(self._see_batch, with_kwargs=True)
+                           for m in (model, *(parts[:1] if parts else ()))]
 
     def _see_batch(self, module: Any, args: Any, kwargs: Any) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -102,9 +107,9 @@ class MemoryCheckCallback(TrainerCallback):
             self._shape = (int(shape[0]), int(shape[1]))
 
     def _remove_hook(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     def _measure(self) -> float | None:
         """Bytes to compare with the prediction, or None when it cannot be told."""

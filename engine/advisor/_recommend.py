@@ -31,7 +31,10 @@ HEADROOM = 1.10  # a setup fits when expected x 1.1 <= the memory available
 CPU_LIBRARY_BASELINE = 0.55 * GIB  # interpreter + torch + transformers + peft, resident
 QLORA_SLOWDOWN = "about 30% slower than LoRA (4-bit weights are de-quantized at every use)"
 CKPT_SLOWDOWN = "about 30% slower (activations are recomputed in the backward pass)"
+OFFLOAD_SLOWDOWN = ("saved activations wait in CPU memory, a little slower (copies over "
+                    "PCIe each step)")
 MIN_SEQ_LEN = 128
+ADAPTER_DTYPES = ("fp32", "compute")  # method.adapter_dtype
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,20 @@ class Request:
     seq_len: int
     optimizer: str
     gradient_checkpointing: bool | None
+    activation_offloading: bool | None = None  # None: the search may switch it on (CUDA)
+
+    def savers(self, device: str, ckpt: bool) -> list[tuple[str, bool]]:
+        """(optimizer, offloading) in the order tried: as asked, then paged 8-bit AdamW
+        (its states leave the GPU when it is full; near-free in speed), then offloading, then
+        both. Offloading is tried only with checkpointing (then it moves one tensor per layer;
+        without, every saved activation would cross PCIe each step)."""
+        offload = bool(self.activation_offloading)
+        optimizers = [self.optimizer] + (["paged_adamw_8bit"] if self.optimizer == "adamw"
+                                         else [])
+        out = [(o, offload) for o in optimizers]
+        if self.activation_offloading is None and device == "cuda" and ckpt:
+            out += [(o, True) for o in optimizers]
+        return out
 
     @property
     def effective_batch(self) -> int:
@@ -76,12 +93,18 @@ class Predictor:
     """Predicts one model's peak for any method and setup, with stored corrections."""
 
     def __init__(self, model: ResolvedModel, target: Target, opts: MethodOptions, *,
-                 analytic_lora: bool = False) -> None:
+                 analytic_lora: bool = False, adapter_dtype: str = "fp32",
+                 task: str = "sft") -> None:
+        from engine._loss import plain_head_config
+
         self.model = model
         self.target = target
         self.opts = opts
         self.facts = model_facts(model.config)
         self.analytic_lora = analytic_lora
+        self.adapter_dtype = adapter_dtype
+        # The engine computes the loss with its chunked linear cross-entropy where exact.
+        self.lean_loss = task == "sft" and plain_head_config(model.config)
 
     def counts(self, method: str) -> MethodCounts:
         if self.analytic_lora and method in ("lora", "qlora"):
@@ -89,11 +112,19 @@ class Predictor:
         return method_counts(self.model.config, method, self.opts)
 
     def setup(self, method: str, **kw: Any) -> Setup:
+        from engine.methods import get_method
+
         o = self.opts
-        return Setup(method=method, device=self.target.device,
-                     dtype_bytes=self.target.dtype_bytes, r=o.r, lora_dropout=o.dropout,
-                     num_virtual_tokens=o.num_virtual_tokens, bottleneck_size=o.bottleneck_size,
-                     **kw)
+        dtype = self.target.dtype_bytes
+        compute = self.adapter_dtype == "compute" and "adapter_dtype" in get_method(
+            method).settings
+        kw.setdefault("linear_ce", self.lean_loss and get_method(method).packs)
+        kw.setdefault("adapter_dtype_bytes", dtype if compute else 4)
+        if kw.get("activation_offloading") and self.target.device != "cuda":
+            kw["activation_offloading"] = False  # the engine offloads on CUDA only
+        return Setup(method=method, device=self.target.device, dtype_bytes=dtype, r=o.r,
+                     lora_dropout=o.dropout, num_virtual_tokens=o.num_virtual_tokens,
+                     bottleneck_size=o.bottleneck_size, **kw)
 
     def predict(self, s: Setup, *, corrected: bool = True) -> Estimate:
         factor = (_corrections.get_correction(self.model.key, s.method, s.device)
@@ -144,14 +175,17 @@ def _search(p: Predictor, methods: list[str], req: Request) -> dict[str, Any] | 
     for seq in _seq_lens(req):
         for method in methods:
             for b, ckpt in _candidates(req):
-                s = p.setup(method, batch_size=b, seq_len=seq, gradient_checkpointing=ckpt,
-                            optimizer=req.optimizer)
-                est = p.predict(s)
-                if p.fits(est):
-                    return {"method": method, "batch_size": b,
-                            "grad_accum": max(1, math.ceil(req.effective_batch / b)),
-                            "seq_len": seq, "gradient_checkpointing": ckpt,
-                            "optimizer": req.optimizer, "expected_gb": est.gib()["expected_gb"]}
+                for optimizer, offload in req.savers(p.target.device, ckpt):
+                    s = p.setup(method, batch_size=b, seq_len=seq, gradient_checkpointing=ckpt,
+                                optimizer=optimizer, activation_offloading=offload)
+                    est = p.predict(s)
+                    if p.fits(est):
+                        return {"method": method, "batch_size": b,
+                                "grad_accum": max(1, math.ceil(req.effective_batch / b)),
+                                "seq_len": seq, "gradient_checkpointing": ckpt,
+                                "optimizer": optimizer,
+                                "activation_offloading": s.activation_offloading,
+                                "expected_gb": est.gib()["expected_gb"]}
     return None
 
 
@@ -165,6 +199,11 @@ def _reason(rec: dict[str, Any], req: Request, target: Target, methods: list[str
                      f"steps keeps the effective batch of {req.effective_batch}")
     if rec["gradient_checkpointing"] and req.gradient_checkpointing is None:
         parts.append(f"gradient checkpointing is on: {CKPT_SLOWDOWN}")
+    if rec["optimizer"] != req.optimizer:
+        parts.append(f"{rec['optimizer']} keeps AdamW's states in 8 bits, paged out of the "
+                     "GPU when it runs full")
+    if rec["activation_offloading"] and req.activation_offloading is None:
+        parts.append(f"activation offloading is on: {OFFLOAD_SLOWDOWN}")
     if rec["seq_len"] < req.seq_len:
         parts.append(f"only with sequences cut to {rec['seq_len']} tokens "
                      f"(asked: {req.seq_len})")
@@ -174,15 +213,17 @@ def _reason(rec: dict[str, Any], req: Request, target: Target, methods: list[str
 def _wont_fit(p: Predictor, req: Request, methods: list[str]) -> dict[str, Any]:
     method = "qlora" if "qlora" in methods or len(methods) > 1 else methods[0]
     s = p.setup(method, batch_size=1, seq_len=min(req.seq_len, 512),
-                gradient_checkpointing=True, optimizer="paged_adamw_8bit")
+                gradient_checkpointing=True, optimizer="paged_adamw_8bit",
+                activation_offloading=req.activation_offloading is not False)
     need = p.predict(s).expected * HEADROOM / GIB
     smaller = _smaller_catalog_model(p, req)
     what = f"; {smaller} would fit" if smaller else ""
     return {"method": None, "batch_size": None, "grad_accum": None, "seq_len": None,
-            "gradient_checkpointing": None, "optimizer": None,
+            "gradient_checkpointing": None, "optimizer": None, "activation_offloading": None,
             "needs_gb": round(need, 2),
             "reason": (f"Won't fit {p.target.label}: even {METHODS[method].label} with "
-                       f"micro-batch 1, {s.seq_len} tokens, checkpointing and paged 8-bit "
+                       f"micro-batch 1, {s.seq_len} tokens, checkpointing"
+                       f"{', offloading' if s.activation_offloading else ''} and paged 8-bit "
                        f"AdamW needs about {need:.1f} GiB with 10% headroom{what}.")}
 
 
@@ -196,7 +237,8 @@ def _smaller_catalog_model(p: Predictor, req: Request) -> str | None:
             continue
         other = Predictor(resolve_model(entry["name"]), p.target, p.opts, analytic_lora=True)
         s = other.setup("qlora", batch_size=1, seq_len=min(req.seq_len, 512),
-                        gradient_checkpointing=True, optimizer="paged_adamw_8bit")
+                        gradient_checkpointing=True, optimizer="paged_adamw_8bit",
+                        activation_offloading=req.activation_offloading is not False)
         if other.fits(other.predict(s)):
             return f"{entry['display_name']} ({entry['name']})"
     return None
@@ -224,7 +266,10 @@ def _check(value: float, name: str, lo: float) -> None:
 
 
 def _check_inputs(vram_gb: float | None, method: str | None, seq_len: int, batch_size: int,
-                  grad_accum: int, optimizer: str) -> None:
+                  grad_accum: int, optimizer: str, adapter_dtype: str = "fp32") -> None:
+    if adapter_dtype not in ADAPTER_DTYPES:
+        raise UserError(f"unknown adapter dtype {adapter_dtype!r}",
+                        f"one of: {', '.join(ADAPTER_DTYPES)}")
     if vram_gb is not None:
         _check(vram_gb, "vram_gb", 0.1)
     if method is not None and method not in METHODS:
@@ -239,32 +284,37 @@ def _check_inputs(vram_gb: float | None, method: str | None, seq_len: int, batch
 def advise(model_source: str, *, vram_gb: float | None = None, method: str | None = None,
            seq_len: int = 512, batch_size: int = 4, grad_accum: int = 1,
            optimizer: str = "adamw", gradient_checkpointing: bool | None = None,
+           activation_offloading: bool | None = None, adapter_dtype: str = "fp32",
            **method_kwargs: Any) -> dict[str, Any]:
     """Predicted peak memory per method and a recommendation, as plain data (sizes in GiB).
 
     ``vram_gb`` overrides the detected GPU; with neither, the advice is for the CPU's RAM.
     ``gradient_checkpointing=None`` lets the recommendation switch it on when needed (the
-    per-method table then assumes it off). ``method_kwargs`` are LoRA/prompt options
-    (r, dropout, target_modules, num_virtual_tokens, ...).
+    per-method table then assumes it off); ``activation_offloading=None`` likewise (CUDA
+    only). ``adapter_dtype`` is ``method.adapter_dtype`` (fp32 or compute). ``method_kwargs``
+    are LoRA/prompt options (r, dropout, target_modules, num_virtual_tokens, ...).
     """
-    _check_inputs(vram_gb, method, seq_len, batch_size, grad_accum, optimizer)
+    _check_inputs(vram_gb, method, seq_len, batch_size, grad_accum, optimizer, adapter_dtype)
     from engine.telemetry import gpu_status
 
     status = gpu_status()
     target = _target(vram_gb, status["gpus"])
     model = resolve_model(model_source)
-    p = Predictor(model, target, MethodOptions.from_kwargs(**method_kwargs))
+    p = Predictor(model, target, MethodOptions.from_kwargs(**method_kwargs),
+                  adapter_dtype=adapter_dtype)
     req = Request(int(batch_size), int(grad_accum), int(seq_len), optimizer,
-                  gradient_checkpointing)
+                  gradient_checkpointing, activation_offloading)
     base = {"batch_size": req.batch_size, "seq_len": req.seq_len, "optimizer": optimizer,
-            "gradient_checkpointing": bool(gradient_checkpointing)}
+            "gradient_checkpointing": bool(gradient_checkpointing),
+            "activation_offloading": bool(activation_offloading) and target.device == "cuda"}
     methods = {m: _method_entry(p, m, p.setup(m, **base)) for m in METHODS}
     return {
         "model": {**model.info, "total_params": p.facts.total_params},
         "vram_gb": target.memory_gb if target.device == "cuda" else None,
         "device": target.device, "memory_gb": target.memory_gb, "target": target.label,
         "gpus": status["gpus"], "gpu_reason": status["reason"],
-        "settings": {**base, "grad_accum": req.grad_accum, "headroom": HEADROOM},
+        "settings": {**base, "grad_accum": req.grad_accum, "headroom": HEADROOM,
+                     "adapter_dtype": adapter_dtype, "chunked_loss": p.lean_loss},
         "methods": methods,
         "recommendation": recommend(p, req, method),
     }
@@ -278,25 +328,56 @@ def method_param_counts(model_source: str, method: str, **method_kwargs: Any) ->
 
 
 def predict_job_peak(job: Any, device: str, *, corrected: bool = True,
-                     batch_size: int | None = None, seq_len: int | None = None) -> Estimate:
+                     batch_size: int | None = None, seq_len: int | None = None,
+                     activation_offloading: bool | None = None) -> Estimate:
     """The prediction for a job file's settings on ``device`` (used by the run's self-check).
 
-    ``batch_size`` and ``seq_len`` override the job's (the batch shape actually seen).
+    ``batch_size`` and ``seq_len`` override the job's (the batch shape actually seen);
+    ``activation_offloading`` says whether the run offloads (default: the job's ``on``).
     """
     m, t = job.method, job.training
     model = resolve_model(job.model.source)
     dtype = 4 if device != "cuda" or t.precision == "fp32" else 2
+    autocast = 2 if device == "cpu" and _cpu_autocast(t.precision) else 0
     target = Target(device, None, device, dtype)
     opts = MethodOptions(r=m.r, alpha=m.alpha, dropout=m.dropout,
                          target_modules=tuple(m.target_modules),
                          bottleneck_size=m.bottleneck_size,
                          num_virtual_tokens=m.num_virtual_tokens,
                          prefix_projection=m.prefix_projection)
-    p = Predictor(model, target, opts)
+    p = Predictor(model, target, opts, adapter_dtype=m.adapter_dtype, task=job.task)
+    if activation_offloading is None:
+        activation_offloading = t.activation_offloading == "on"
     s = replace(p.setup(m.name, batch_size=batch_size or t.batch_size,
                         seq_len=seq_len or job.dataset.max_length,
                         gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer,
-                        attn_implementation=job.model.attn_implementation),
-                double_quant=m.double_quant, full_master_fp32=t.precision == "fp16")
+                        attn_implementation=job.model.attn_implementation,
+                        activation_offloading=activation_offloading),
+                double_quant=m.double_quant, full_master_fp32=t.precision == "fp16",
+                autocast_bytes=autocast)
     return p.predict(s, corrected=corrected)
+
+
+def _cpu_autocast(precision: str) -> bool:
+    """Whether ``training.precision`` runs bf16 autocast on this CPU (engine.models decides)."""
+    from engine.models import resolve_precision
+
+    try:
+        return bool(resolve_precision(precision, "cpu").bf16)
+    except UserError:  # refused on this CPU: the run will not start either
+        return False
+
+
+def offload_needed(job: Any) -> bool | None:
+    """For ``activation_offloading: auto`` on CUDA: True when the job fits this GPU (with 10%
+    headroom) only with offloading; None when the advisor cannot tell (e.g. unknown model)."""
+    import torch
+
+    try:
+        total = torch.cuda.get_device_properties(0).total_memory
+        without = predict_job_peak(job, "cuda", activation_offloading=False).expected
+        with_it = predict_job_peak(job, "cuda", activation_offloading=True).expected
+    except (UserError, NotImplementedError, RuntimeError):
+        return None
+    return without * HEADROOM > total >= with_it * HEADROOM
 

@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="adamw, adamw_8bit or paged_adamw_8bit")
     parser.add_argument("--gradient-checkpointing", default="auto", choices=tuple(CHECKPOINTING),
                         help="auto lets the advice switch it on when needed")
+    parser.add_argument("--activation-offloading", default="auto", choices=tuple(CHECKPOINTING),
+                        help="CUDA: saved activations in CPU memory; auto lets the advice "
+                        "switch it on when needed")
+    parser.add_argument("--adapter-dtype", default="fp32", choices=("fp32", "compute"),
+                        help="LoRA/DoRA/QLoRA trained weights in fp32 or the compute dtype")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -55,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=_number(args.batch_size, "--batch-size", integer=True, lo=1),
         grad_accum=_number(args.grad_accum, "--grad-accum", integer=True, lo=1),
         optimizer=args.optimizer,
-        gradient_checkpointing=CHECKPOINTING[args.gradient_checkpointing])
+        gradient_checkpointing=CHECKPOINTING[args.gradient_checkpointing],
+        activation_offloading=CHECKPOINTING[args.activation_offloading],
+        adapter_dtype=args.adapter_dtype)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 
@@ -67,7 +74,10 @@ def format_table(result: dict[str, Any]) -> str:
              f"({model['total_params'] / 1e9:.2f}B parameters)",
              f"For: {result['target']}",
              f"Settings: micro-batch {s['batch_size']} x {s['seq_len']} tokens, "
-             f"{s['optimizer']}, checkpointing {'on' if s['gradient_checkpointing'] else 'off'}",
+             f"{s['optimizer']}, checkpointing {'on' if s['gradient_checkpointing'] else 'off'}"
+             f", offloading {'on' if s.get('activation_offloading') else 'off'}, "
+             f"{s.get('adapter_dtype', 'fp32')} adapters"
+             f"{', chunked loss' if s.get('chunked_loss') else ''}",
              "", f"{'method':<11}{'trained':>9}{'low':>9}{'expected':>10}{'high':>9}  fits",
              "-" * 54]
     for name, m in result["methods"].items():
@@ -79,6 +89,8 @@ def format_table(result: dict[str, Any]) -> str:
     if rec.get("method"):
         lines.append(f"Recommended: {rec['method']}, micro-batch {rec['batch_size']} x "
                      f"{rec['grad_accum']} accumulation, {rec['seq_len']} tokens, "
-                     f"checkpointing {'on' if rec['gradient_checkpointing'] else 'off'}")
+                     f"checkpointing {'on' if rec['gradient_checkpointing'] else 'off'}, "
+                     f"{rec['optimizer']}"
+                     f"{', activation offloading' if rec.get('activation_offloading') else ''}")
     lines.append(rec["reason"])
     return "\n".join(lines)

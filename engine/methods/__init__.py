@@ -48,7 +48,7 @@ class MethodSpec:
     note: str = ""  # a line under the architecture map
 
 
-_LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+_LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "adapter_dtype")
 _NOTHING_TO_FOLD = "; there is no weight to fold them into"
 
 METHODS: dict[str, MethodSpec] = {
