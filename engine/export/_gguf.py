@@ -293,7 +293,9 @@ def _write_family_hparams(writer: Any, config: Any, model_type: str) -> None:
 
 # Round-trip thresholds per type: the share of positions whose most likely next token agrees
 # with the merged fp32 model, and the largest logit difference relative to the logit range.
-ROUND_TRIP = {"f16": (0.98, 0.02), "q8_0": (0.9, 0.08)}
+ROUND_TRIP = {"f16": (0.98, 0.02), "q8_0": (0.9, 0.08),
+              # llama.cpp's k-quant mixes (loaded back through transformers' dequantizer)
+              "q5_k_m": (0.8, 0.15), "q4_k_m": (0.7, 0.25)}
 
 
 def verify_gguf(path: Path, merged: Any, tokenizer: Any, inputs: list[Any], gguf_type: str,
