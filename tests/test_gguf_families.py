@@ -238,3 +238,42 @@ def test_gemma2_with_another_query_scale_is_refused() -> None:
     config = Gemma2Config(head_dim=16, query_pre_attn_scalar=24, num_hidden_layers=2)
     with pytest.raises(UserError, match="query_pre_attn_scalar=24"):
         check_supported(config, _spm_tokenizer(prefix_space=False))
+
+
+def test_phi3_longrope_is_written_as_factor_tensors(tmp_path: Path) -> None:
+    """Phi-3.5's long-context rope: the long and short factors as llama.cpp's converter writes
+    them (rope_factors_long/short, attn_factor, original context), and the round trip holds."""
+    import math
+
+    import gguf
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from engine.export._gguf import check_supported, verify_gguf, write_gguf
+    from engine.export._merge import chat_inputs
+    from engine.export._stops import end_of_turn_id, stop_token_ids
+
+    tok = _spm_tokenizer()
+    long_f, short_f = [1.0 + i / 4 for i in range(8)], [1.0 + i / 16 for i in range(8)]
+    config = Phi3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=1024, original_max_position_embeddings=256,
+                        bos_token_id=1, eos_token_id=4, pad_token_id=2,
+                        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                         "long_factor": long_f, "short_factor": short_f,
+                                         "original_max_position_embeddings": 256})
+    torch.manual_seed(0)
+    model = _spread(Phi3ForCausalLM(config)).eval()
+    check_supported(model.config, tok)
+    path = tmp_path / "m.gguf"
+    write_gguf(model, tok, path, gguf_type="f16", name="tiny phi", stops=stop_token_ids(tok),
+               end_of_turn=end_of_turn_id(tok))
+    reader = gguf.GGUFReader(str(path))
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    np.testing.assert_array_equal(tensors["rope_factors_long.weight"], long_f)
+    np.testing.assert_array_equal(tensors["rope_factors_short.weight"], short_f)
+    attn = float(reader.fields["phi3.rope.scaling.attn_factor"].parts[-1][0])
+    assert attn == pytest.approx(math.sqrt(1 + math.log(4) / math.log(256)), rel=1e-6)
+    assert int(reader.fields["phi3.rope.scaling.original_context_length"].parts[-1][0]) == 256
+    check = verify_gguf(path, model, tok, chat_inputs(tok), "f16", "Hello, who are you?",
+                        stop_token_ids(tok))
+    assert check["argmax_agreement"] == 1.0 and check["tokenizer_matches"]
