@@ -17,9 +17,11 @@ from engine.export._export import (
     is_export_folder,
 )
 from engine.export._merge import ExportCheckFailed
+from engine.export._quant import ALL_GGUF_TYPES, gguf_size_hint, quantizer_available
 from engine.export._run import LoadedPair, RunInfo, load_pair, load_tokenizer, open_run
 
 __all__ = [
+    "ALL_GGUF_TYPES",
     "EXPORT_MARKER",
     "ExportCheckFailed",
     "Exported",
@@ -30,8 +32,10 @@ __all__ = [
     "estimate_bytes",
     "export_run",
     "foreign_contents",
+    "gguf_size_hint",
     "is_export_folder",
     "load_pair",
     "load_tokenizer",
     "open_run",
+    "quantizer_available",
 ]

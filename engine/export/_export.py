@@ -50,8 +50,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, ggu
     ``merge`` writes a merged 16-bit model; ``gguf`` writes ``<name>-<type>.gguf`` and an
     Ollama ``Modelfile``. Returns one :class:`Exported` event per result (also emitted).
     """
-    from engine.export._gguf import GGUF_TYPES
     from engine.export._merge import torch_dtype
+    from engine.export._quant import ALL_GGUF_TYPES, gguf_size_text, require_quantizer
     from engine.models import remote_code_warning
 
     sink: EventSink = emit or (lambda _e: None)
@@ -61,8 +61,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, ggu
     warning = runs.malformed_warning(info.run_dir / runs.EVENTS_FILE, malformed)
     if warning is not None:
         sink(warning)
-    if gguf_type not in GGUF_TYPES:
-        raise UserError(f"--gguf-type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
+    if gguf_type not in ALL_GGUF_TYPES:
+        raise UserError(f"--gguf-type {gguf_type!r} is not one of {', '.join(ALL_GGUF_TYPES)}")
+    if gguf:
+        require_quantizer(gguf_type)
     torch_dtype(dtype)
     refusal = info.merge_refusal()
     if (merge or gguf) and refusal:
@@ -78,6 +80,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, ggu
     merge = merge or (info.is_full and not gguf)
     needed = estimate_bytes(info, merge=merge, gguf=gguf, gguf_type=gguf_type, dtype=dtype)
     check_disk_space(target, needed)
+    if gguf:
+        sink(Progress(stage="export", current=0, total=1,
+                      message=f"the {gguf_type} GGUF file will be about "
+                              f"{gguf_size_text(info.base_param_count(), gguf_type)}"))
     staging = _fresh_sibling(target, "partial")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging.mkdir()
@@ -177,13 +183,17 @@ def _folder_bytes(folder: Path) -> int:
 
 def estimate_bytes(info: RunInfo, *, merge: bool, gguf: bool, gguf_type: str, dtype: str) -> int:
     """Bytes an export writes, with a margin (tokenizer files, card, rounding)."""
+    from engine.export._quant import QUANT_TYPES, predicted_bytes
+
     total = _folder_bytes(info.result) if not (merge or gguf) else 0
     if merge or gguf:
         n = info.base_param_count()
         if merge:
             total += n * (4 if dtype == "float32" else 2)
         if gguf:
-            total += n * 2 if gguf_type == "f16" else n * 34 // 32
+            total += predicted_bytes(n, gguf_type)
+            if gguf_type in QUANT_TYPES:
+                total += predicted_bytes(n, "f16")  # the checked f16 it is quantized from
     return int(total * 1.1) + 64 * 2**20
 
 
@@ -310,6 +320,7 @@ def _write_gguf(info: RunInfo, model: Any, tokenizer: Any, staging: Path, target
     from engine.export._gguf import check_supported, verify_gguf, write_gguf
     from engine.export._merge import chat_inputs
     from engine.export._ollama import modelfile
+    from engine.export._quant import QUANT_TYPES, quantize
     from engine.export._stops import end_of_turn_id, stop_strings
 
     check_supported(model.config, tokenizer)
@@ -319,12 +330,24 @@ def _write_gguf(info: RunInfo, model: Any, tokenizer: Any, staging: Path, target
     gguf_dir.mkdir()
     path = gguf_dir / name
     emit(Progress(stage="export", current=0, total=1, message=f"writing {name}"))
-    facts = write_gguf(model, tokenizer, path, gguf_type=gguf_type, name=info.job.name,
-                       stops=stops, end_of_turn=end_of_turn_id(tokenizer))
+    quantized = gguf_type in QUANT_TYPES
+    written = gguf_dir / ".f16" / f"{info.job.name}-f16.gguf" if quantized else path
+    written.parent.mkdir(exist_ok=True)
+    facts = write_gguf(model, tokenizer, written, gguf_type="f16" if quantized else gguf_type,
+                       name=info.job.name, stops=stops, end_of_turn=end_of_turn_id(tokenizer))
     emit(Progress(stage="export", current=0, total=1,
                   message="loading the GGUF file back to check it"))
-    check = verify_gguf(path, model, tokenizer, chat_inputs(tokenizer), gguf_type, DEMO_PROMPT,
-                        stops)
+    check = verify_gguf(written, model, tokenizer, chat_inputs(tokenizer),
+                        "f16" if quantized else gguf_type, DEMO_PROMPT, stops)
+    if quantized:  # llama.cpp quantizes the checked f16 file; the result is checked again
+        emit(Progress(stage="export", current=0, total=1,
+                      message=f"quantizing to {gguf_type} with llama.cpp"))
+        quantize(written, path, gguf_type)
+        written.unlink()
+        written.parent.rmdir()
+        check = verify_gguf(path, model, tokenizer, chat_inputs(tokenizer), gguf_type,
+                            DEMO_PROMPT, stops)
+        facts = {**facts, "type": gguf_type, "bytes": path.stat().st_size}
     os.replace(path, staging / name)
     gguf_dir.rmdir()
     text, more = modelfile(tokenizer, name, stop_strings(tokenizer, stops),

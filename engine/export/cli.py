@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from engine import events as ev
+from engine.export._quant import ALL_GGUF_TYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,8 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fold the adapter into the base: a standalone 16-bit model")
     parser.add_argument("--gguf", action="store_true",
                         help="also write a GGUF file and an Ollama Modelfile (llama family)")
-    parser.add_argument("--gguf-type", default="f16", choices=("f16", "q8_0"),
-                        help="GGUF weight type (default f16)")
+    parser.add_argument("--gguf-type", default="f16",
+                        choices=ALL_GGUF_TYPES,
+                        help="GGUF weight type (default f16); q4_k_m and q5_k_m use llama.cpp's "
+                             "quantizer: pip install 'tunesmith[gguf-quant]'")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
                         help="weight type of the merged model (default bfloat16)")
     parser.add_argument("--overwrite", action="store_true",

@@ -137,6 +137,10 @@ class QtExportPage(RemoteCodeAsker, QWidget):
         self.gguf_type = QComboBox()
         self.gguf_type.addItem("f16 (exact)", "f16")
         self.gguf_type.addItem("q8_0 (half the size)", "q8_0")
+        self.gguf_type.addItem("Q5_K_M (llama.cpp's quantizer)", "q5_k_m")
+        self.gguf_type.addItem("Q4_K_M (a quarter; llama.cpp's quantizer)", "q4_k_m")
+        self.gguf_hint = QLabel()
+        self.gguf_hint.setWordWrap(True)
         self.adapter_box.setChecked(True)
         grid.addWidget(self.adapter_box, 1, 1, 1, 3)
         grid.addWidget(self.merged_box, 2, 1, 1, 3)
@@ -145,6 +149,7 @@ class QtExportPage(RemoteCodeAsker, QWidget):
         gguf_row.addWidget(self.gguf_type)
         gguf_row.addStretch(1)
         grid.addLayout(gguf_row, 3, 1, 1, 3)
+        grid.addWidget(self.gguf_hint, 4, 1, 1, 3)
         grid.setColumnStretch(2, 1)
         inner.addLayout(grid)
         self.why = QLabel()
@@ -198,7 +203,18 @@ class QtExportPage(RemoteCodeAsker, QWidget):
             shown = ["python", "-m", "engine", *cmd[3:]]
             lines.append(shlex.join([a for a in shown if a != "--events-stdout"]))
         self.command.setPlainText("\n".join(lines))
+        self._update_gguf_hint()
         self._update_buttons()
+
+    def _update_gguf_hint(self) -> None:
+        """The predicted GGUF size, or how to get llama.cpp's quantizer for a k-quant."""
+        from engine.export import gguf_size_hint
+
+        run_dir = self.picker.run_dir()
+        show = self.gguf_box.isChecked() and run_dir is not None
+        self.gguf_hint.setText(gguf_size_hint(run_dir, str(self.gguf_type.currentData()))
+                               if show and run_dir is not None else "")
+        self.gguf_hint.setVisible(show)
 
     def _on_browse(self) -> None:
         folder = file_dialogs.existing_dir(self, self.ctx.settings, "Export into",
@@ -247,7 +263,11 @@ class QtExportPage(RemoteCodeAsker, QWidget):
 
     def _update_buttons(self) -> None:
         running = self.controller.is_running()
-        self.export_button.setEnabled(not running and bool(self.plan()))
+        from engine.export import quantizer_available
+
+        needs_quantizer = (self.gguf_box.isChecked() and not quantizer_available()
+                           and str(self.gguf_type.currentData()).endswith("_k_m"))
+        self.export_button.setEnabled(not running and bool(self.plan()) and not needs_quantizer)
         self.cancel_button.setEnabled(running)
         self.picker.setEnabled(not running)
         self.open_button.setEnabled(not running and self.export_folder() is not None)

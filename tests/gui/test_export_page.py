@@ -112,3 +112,20 @@ def test_a_folder_of_the_users_files_is_never_offered_for_replacing(
     assert page.controller.state != "running"
     assert (out / "adapter" / "thesis.tex").read_text() == "years of work"
     page.shutdown()
+
+
+def test_gguf_size_is_shown_and_a_missing_quantizer_says_how_to_get_it(
+        qtbot: Any, ctx: Any, runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    page = _page(qtbot, ctx, runs["lora"].parent)
+    page.picker.select(runs["lora"])
+    page.gguf_box.setChecked(True)
+    page.gguf_type.setCurrentIndex(page.gguf_type.findData("q8_0"))
+    assert page.gguf_hint.isVisible()
+    assert page.gguf_hint.text().startswith("the q8_0 GGUF file will be about ")
+    assert page.export_button.isEnabled()
+    monkeypatch.setattr("engine.export._quant.quantizer_available", lambda: False)
+    monkeypatch.setattr("engine.export.quantizer_available", lambda: False)
+    page.gguf_type.setCurrentIndex(page.gguf_type.findData("q4_k_m"))
+    assert "pip install 'tunesmith[gguf-quant]'" in page.gguf_hint.text()
+    assert not page.export_button.isEnabled()
+    assert "--gguf-type q4_k_m" in page.command.toPlainText()
