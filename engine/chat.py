@@ -249,7 +249,8 @@ def _read_requests(lines: Iterable[str], session: ChatSession,
 def serve(run_dir: str | Path, *, lines: Iterable[str], out: TextIO,
           base_only: bool = False, merge: bool = True) -> int:
     """Load the run's models, say ``ready``, answer requests from ``lines`` until they end."""
-    from engine.export import load_pair, load_tokenizer, open_run
+    from engine.export import load_tokenizer, open_run
+    from engine.export._fast import load_chat_pair
     from engine.export._stops import stop_token_ids
 
     start = time.perf_counter()
@@ -264,7 +265,7 @@ def serve(run_dir: str | Path, *, lines: Iterable[str], out: TextIO,
     tokenizer = load_tokenizer(info)
     what = "the base model" if base_only else "the base and tuned models"
     progress(Progress(stage="load_model", current=0, total=1, message=f"loading {what}"))
-    pair = load_pair(info, emit=progress, base_only=base_only, merge=merge)
+    pair = load_chat_pair(info, emit=progress, base_only=base_only, merge=merge)
     models = ["base"] if base_only else ["base", "tuned"]
     model = pair.tuned if pair.tuned is not None else pair.base_model
     stops = stop_token_ids(tokenizer, getattr(model.config, "eos_token_id", None))

@@ -169,18 +169,18 @@ def test_merged_chat_runs_in_bf16_where_the_cpu_has_it(lora_run: Path) -> None:
 
 def test_what_is_not_merged_says_why(small_model_dirs: dict[str, Path],  # noqa: F811
                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.export import _run
+    from engine.export import _fast, _run
 
     for sub in ("p", "l"):
         (tmp_path / sub).mkdir()
     prefix = train_run(small_model_dirs["llama"], tmp_path / "p", "prefix")
     info = _run.open_run(prefix)
-    assert "prefix" in (_run.merge_in_memory_refusal(info, "cpu") or "")
+    assert "prefix" in (_fast.merge_in_memory_refusal(info, "cpu") or "")
     lora = _run.open_run(train_run(small_model_dirs["llama"], tmp_path / "l"))
-    assert _run.merge_in_memory_refusal(lora, "cpu") is None
-    monkeypatch.setattr(_run, "_free_memory", lambda _d: 1000)
-    assert "GiB free" in (_run.merge_in_memory_refusal(lora, "cpu") or "")
-    pair = _run.load_pair(lora, merge=True, device="cpu")
+    assert _fast.merge_in_memory_refusal(lora, "cpu") is None
+    monkeypatch.setattr(_fast, "_free_memory", lambda _d: 1000)
+    assert "GiB free" in (_fast.merge_in_memory_refusal(lora, "cpu") or "")
+    pair = _fast.load_chat_pair(lora, merge=True)
     assert not pair.merged and "not merged for chat" in pair.notes[0]
 
 
