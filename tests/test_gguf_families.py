@@ -104,26 +104,139 @@ def test_llama3_rope_only_for_llama(llama3: tuple[Any, Any]) -> None:
     assert info.value.code == "gguf_unsupported"
 
 
-def test_sentencepiece_tokenizers_are_refused_before_any_weight_loads(tmp_path: Path) -> None:
-    """Llama 2 / Mistral v0.1-v0.3 tokenizers (SentencePiece BPE with byte fallback, as
-    tokenizers holds them) are not written yet: the refusal names the kind and the way out."""
+def _spm_tokenizer(prefix_space: bool = True) -> Any:
+    """A SentencePiece BPE tokenizer as transformers 5 holds Llama 2 / Mistral / Phi-3 ones
+    (byte fallback, '▁' for spaces, a prefix space) or Gemma's (no prefix space)."""
+    from test_export import TEMPLATE
     from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    spm = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    steps = [normalizers.Prepend("▁")] if prefix_space else []
+    spm.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    spm.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(),
+                                     *([decoders.Strip(" ", 1, 0)] if prefix_space else [])])
+    texts = [f"What is {i} plus {i}? Arr, it be {2 * i}! Hello, who are you? Write a haiku "
+             "about the sea. You are a helpful assistant." for i in range(50)]
+    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+    spm.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=700, show_progress=False, special_tokens=specials + bytes_))
+    tok = PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="<|im_end|>",
+                                  unk_token="<unk>", pad_token="</s>")
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+def _family_model(kind: str, vocab: int) -> Any:
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
+    )
+
+    common = {"vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 4,
+              "pad_token_id": 2}
+    torch.manual_seed(0)
+    if kind == "gemma2":
+        model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=16, query_pre_attn_scalar=16,
+                                               sliding_window=128))
+    elif kind == "phi3":
+        model = Phi3ForCausalLM(Phi3Config(**common, tie_word_embeddings=False))
+    else:  # Llama 2
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
+    model = _spread(model).eval()
+    if kind == "gemma2":  # Gemma's norms are stored as offsets from 1: make them matter
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.normal_(0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["llama2", "gemma2", "phi3"])
+def test_sentencepiece_families_round_trip(kind: str, tmp_path: Path) -> None:
+    """Llama 2 / Mistral-style, Gemma 2 and Phi-3 models with SentencePiece tokenizers: the
+    GGUF holds llama.cpp's vocabulary (model 'llama', scores in merge order, byte pieces) and
+    the family's own keys, and loads back with the same tokens and logits."""
+    import gguf
+
+    from engine.export._gguf import verify_gguf
+    from engine.export._merge import chat_inputs
+    from engine.export._stops import end_of_turn_id, stop_token_ids
+
+    tok = _spm_tokenizer(prefix_space=kind != "gemma2")
+    model = _family_model(kind, len(tok))
+    path = tmp_path / "m.gguf"
+    from engine.export._gguf import check_supported, write_gguf
+
+    check_supported(model.config, tok)
+    facts = write_gguf(model, tok, path, gguf_type="f16", name=f"tiny {kind}",
+                       stops=stop_token_ids(tok), end_of_turn=end_of_turn_id(tok))
+    arch = {"llama2": "llama", "gemma2": "gemma2", "phi3": "phi3"}[kind]
+    assert facts["architecture"] == arch and facts["tokenizer_model"] == "llama"
+    reader = gguf.GGUFReader(str(path))
+
+    def field(key: str) -> Any:
+        f = reader.fields[key]
+        return f.contents() if hasattr(f, "contents") else f.parts[-1][0]
+
+    assert field("tokenizer.ggml.model") == "llama"
+    assert field("tokenizer.ggml.add_space_prefix") == (kind != "gemma2")
+    tokens, types = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.token_type")
+    assert types[tokens.index("<0x0A>")] == gguf.TokenType.BYTE
+    assert types[tokens.index("<unk>")] == gguf.TokenType.UNKNOWN
+    assert types[tokens.index("<|im_end|>")] == gguf.TokenType.CONTROL
+    assert field("tokenizer.ggml.eos_token_id") == tok.convert_tokens_to_ids("<|im_end|>")
+    assert "tokenizer.ggml.merges" not in reader.fields  # llama.cpp's SPM vocab has none
+    names = {t.name for t in reader.tensors}
+    if kind == "gemma2":
+        assert field("gemma2.attn_logit_softcapping") == pytest.approx(50.0)
+        assert field("gemma2.final_logit_softcapping") == pytest.approx(30.0)
+        assert {"blk.0.post_attention_norm.weight", "blk.0.post_ffw_norm.weight"} <= names
+        norm = next(t for t in reader.tensors if t.name == "output_norm.weight")
+        torch.testing.assert_close(torch.from_numpy(np.array(norm.data)),
+                                   model.model.norm.weight.detach() + 1)
+    if kind == "phi3":
+        assert {"blk.0.attn_qkv.weight", "blk.0.ffn_up.weight"} <= names
+        up = next(t for t in reader.tensors if t.name == "blk.0.ffn_up.weight")
+        assert list(up.shape) == [64, 256]  # gate and up fused, as llama.cpp's phi3 reads it
+    check = verify_gguf(path, model, tok, chat_inputs(tok), "f16", "Hello, who are you?",
+                        stop_token_ids(tok))
+    assert check["tokenizer_matches"]
+    assert check["argmax_agreement"] == 1.0 and check["same_greedy_text"]
+    assert check["max_logit_diff"] < 1e-2 * check["logit_scale"]
+
+
+def test_unigram_tokenizers_are_refused_before_any_weight_loads() -> None:
+    """T5-style Unigram vocabularies are not written: the refusal names the kind and the
+    way out."""
+    from tokenizers import Tokenizer, models
     from transformers import LlamaConfig, PreTrainedTokenizerFast
 
     from engine.errors import UserError
     from engine.export._gguf import check_supported
 
-    spm = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
-    spm.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
-                                           normalizers.Replace(" ", "▁")])
-    spm.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
-                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    spm.train_from_iterator(["Hello, who are you? Write a haiku about the sea."] * 20,
-                            trainers.BpeTrainer(vocab_size=300, show_progress=False,
-                                                special_tokens=["<unk>", "<s>", "</s>"]))
-    tok = PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>")
-    with pytest.raises(UserError, match="SentencePiece") as info:
+    uni = Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0), ("b", -2.0)], unk_id=0))
+    tok = PreTrainedTokenizerFast(tokenizer_object=uni, unk_token="<unk>")
+    with pytest.raises(UserError, match="Unigram") as info:
         check_supported(LlamaConfig(), tok)
     assert info.value.code == "gguf_unsupported"
     assert "convert_hf_to_gguf.py" in str(info.value.advice)
+
+
+def test_gemma2_with_another_query_scale_is_refused() -> None:
+    from transformers import Gemma2Config
+
+    from engine.errors import UserError
+    from engine.export._gguf import check_supported
+
+    config = Gemma2Config(head_dim=16, query_pre_attn_scalar=24, num_hidden_layers=2)
+    with pytest.raises(UserError, match="query_pre_attn_scalar=24"):
+        check_supported(config, _spm_tokenizer(prefix_space=False))

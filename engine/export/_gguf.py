@@ -1,39 +1,43 @@
-"""Write a llama-family model as a GGUF file (f16 or q8_0) with its tokenizer and chat template,
-following llama.cpp's convert_hf_to_gguf conventions, and check it by loading it back."""
+"""Write a model of a llama.cpp-supported family as a GGUF file (f16 or q8_0) with its
+tokenizer and chat template, following llama.cpp's convert_hf_to_gguf conventions (the
+converter's per-family classes: LlamaModel, Qwen2Model, Gemma2Model, Phi3MiniModel), and
+check it by loading it back."""
 
 from __future__ import annotations
 
-import json
-from hashlib import sha256
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
+from engine.export._gguf_vocab import adds_bos, tokenizer_metadata, vocab_kind, write_tokenizer
 
 GGUF_TYPES = ("f16", "q8_0")
-# transformers model_type -> llama.cpp architecture (llama.cpp writes Mistral as llama).
-GGUF_ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
-# llama.cpp's Llama converter reorders q/k rows for its rope layout; its Qwen2 converter does not.
-PERMUTE_QK = {"llama", "mistral"}
 
-# llama.cpp tells BPE pre-tokenizers apart by hashing the tokens of this text
-# (convert_hf_to_gguf.py, get_vocab_base_pre); the table holds common families.
-_CHECK_TEXT = (
-    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis "
-    "concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 "
-    "កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български "
-    "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not "
-    "sure I'll make it, 'D you like some tea? We'Ve a'lL")
-_PRE_BY_HASH = {
-    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
-    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
-    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",
-    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",
-    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
-    "c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d": "smaug-bpe",
+
+@dataclass(frozen=True)
+class Family:
+    """How llama.cpp's converter writes one transformers model type."""
+
+    arch: str  # llama.cpp architecture (gguf.MODEL_ARCH_NAMES value)
+    permute_qk: bool = False  # LlamaModel reorders q/k rows for its rope layout
+    norm_offset: float = 0.0  # Gemma: llama.cpp multiplies by the stored norm, HF by 1 + it
+    ropes: tuple[str, ...] = ("default", "linear")
+
+
+# transformers model_type -> how the converter writes it (it writes Mistral as llama).
+FAMILIES = {
+    "llama": Family("llama", permute_qk=True, ropes=("default", "linear", "llama3")),
+    "mistral": Family("llama", permute_qk=True),
+    "qwen2": Family("qwen2"),
+    "gemma2": Family("gemma2", norm_offset=1.0, ropes=("default",)),
+    "phi3": Family("phi3", ropes=("default", "longrope")),
 }
+GGUF_ARCHS = {k: f.arch for k, f in FAMILIES.items()}
 ROPE_FREQS_TENSOR = "rope_freqs.weight"  # gguf.TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"
-_FALLBACK_PRE = {"qwen2": "qwen2", "llama": "gpt-2", "mistral": "gpt-2"}
+ROPE_LONG_TENSOR = "rope_factors_long.weight"  # MODEL_TENSOR.ROPE_FACTORS_LONG
+ROPE_SHORT_TENSOR = "rope_factors_short.weight"  # MODEL_TENSOR.ROPE_FACTORS_SHORT
+_ADVICE = "export with --merge and convert the folder with llama.cpp's convert_hf_to_gguf.py"
 
 
 # --------------------------------------------------------------------------- checks
@@ -48,84 +52,39 @@ def rope_type(config: Any) -> tuple[str, dict[str, Any]]:
 def check_supported(config: Any, tokenizer: Any) -> None:
     """UserError when this model cannot be written as GGUF here (before any heavy work)."""
     model_type = str(getattr(config, "model_type", ""))
-    advice = ("export with --merge and convert the folder with llama.cpp's "
-              "convert_hf_to_gguf.py")
-    if model_type not in GGUF_ARCHS:
-        raise UserError(f"GGUF export supports llama-family models ({', '.join(GGUF_ARCHS)}); "
-                        f"this model is {model_type or 'unknown'}", advice,
-                        code="gguf_unsupported")
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise UserError(f"GGUF export supports llama-family models ({', '.join(FAMILIES)}); "
+                        f"this model is "
+                        f"{model_type or 'unknown'}", _ADVICE, code="gguf_unsupported")
     kind, _ = rope_type(config)
-    if kind not in ("default", "linear") and not (kind == "llama3" and model_type == "llama"):
+    if kind not in family.ropes:
         raise UserError(f"GGUF export does not support rope scaling {kind!r} for "
-                        f"{model_type} models yet", advice, code="gguf_unsupported")
-    if not _is_byte_level_bpe(tokenizer):
-        kind = ("SentencePiece (Llama 2, Mistral v0.1-v0.3 style; llama.cpp's converter reads "
-                "its scores from tokenizer.model with the sentencepiece package)"
-                if _is_sentencepiece(tokenizer) else "neither")
-        raise UserError("GGUF export supports byte-level BPE tokenizers (GPT-2 style: SmolLM, "
-                        f"Llama 3, Qwen2); this model's tokenizer is {kind}", advice,
-                        code="gguf_unsupported")
+                        f"{model_type} models yet", _ADVICE, code="gguf_unsupported")
+    _check_family(config, model_type)
+    vocab = vocab_kind(tokenizer)
+    if vocab not in ("gpt2", "llama"):
+        what = ("SentencePiece Unigram (T5 style)" if vocab == "unigram" else
+                "neither byte-level BPE nor SentencePiece BPE")
+        raise UserError("GGUF export supports byte-level BPE tokenizers (SmolLM, Llama 3, "
+                        "Qwen2) and SentencePiece BPE ones (Llama 2, Mistral, Gemma, Phi-3); "
+                        f"this model's tokenizer is {what}", _ADVICE, code="gguf_unsupported")
 
 
-def _tokenizer_json(tokenizer: Any) -> dict[str, Any]:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return {}
-    data: dict[str, Any] = json.loads(backend.to_str())
-    return data
-
-
-def _is_sentencepiece(tokenizer: Any) -> bool:
-    """A SentencePiece model as tokenizers holds it: Unigram, or BPE with byte fallback."""
-    model = _tokenizer_json(tokenizer).get("model", {})
-    return model.get("type") == "Unigram" or bool(model.get("byte_fallback"))
-
-
-def _is_byte_level_bpe(tokenizer: Any) -> bool:
-    data = _tokenizer_json(tokenizer)
-    return (data.get("model", {}).get("type") == "BPE"
-            and "ByteLevel" in json.dumps(data.get("pre_tokenizer")))
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-def _pre_tokenizer_name(tokenizer: Any, model_type: str) -> str:
-    digest = sha256(str(tokenizer.encode(_CHECK_TEXT, add_special_tokens=False))
-                    .encode()).hexdigest()
-    # llama.cpp hashes encode() with special tokens; for these families they add none.
-    return _PRE_BY_HASH.get(digest) or _FALLBACK_PRE.get(model_type, "default")
-
-
-def tokenizer_metadata(tokenizer: Any, vocab_size: int, model_type: str) -> dict[str, Any]:
-    """Tokens in id order with llama.cpp token types, merges and the pre-tokenizer name."""
-    import gguf
-
-    vocab = tokenizer.get_vocab()
-    by_id = {i: t for t, i in vocab.items()}
-    added = tokenizer.added_tokens_decoder  # id -> AddedToken
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        elif i in added:
-            special = added[i].special or (by_id[i].startswith("<|") and by_id[i].endswith("|>"))
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m)
-              for m in _tokenizer_json(tokenizer)["model"]["merges"]]
-    return {"tokens": tokens, "types": types, "merges": merges,
-            "pre": _pre_tokenizer_name(tokenizer, model_type)}
-
-
-def _adds_bos(tokenizer: Any) -> bool:
-    bos = tokenizer.bos_token_id
-    ids = tokenizer("a")["input_ids"]
-    return bos is not None and bool(ids) and ids[0] == bos
+def _check_family(config: Any, model_type: str) -> None:
+    if model_type == "gemma2":
+        # llama.cpp scales Gemma 2 queries by 1/sqrt(head_dim) (by hidden/heads for the 27B
+        # size only); a model whose query_pre_attn_scalar is something else would be wrong.
+        scalar = getattr(config, "query_pre_attn_scalar", None)
+        is_27b = (config.num_hidden_layers == 46  # llama.cpp's LLM_TYPE_27B
+                  and scalar == config.hidden_size // config.num_attention_heads)
+        if scalar is not None and int(scalar) != _head_dim(config) and not is_27b:
+            raise UserError(f"GGUF export: this Gemma 2 model scales queries by "
+                            f"query_pre_attn_scalar={scalar}, llama.cpp by head_dim="
+                            f"{_head_dim(config)}", _ADVICE, code="gguf_unsupported")
+    if model_type == "phi3" and float(getattr(config, "partial_rotary_factor", 1.0)) != 1.0:
+        raise UserError("GGUF export does not support Phi-3 models with partial rotary "
+                        "embeddings yet", _ADVICE, code="gguf_unsupported")
 
 
 # --------------------------------------------------------------------------- tensors
@@ -176,12 +135,42 @@ def rope_freqs(config: Any) -> Any:
     return np.asarray(factors, dtype=np.float32)
 
 
+def longrope(config: Any) -> dict[str, Any] | None:
+    """Phi-3's long-context rope as the converter writes it (Phi3MiniModel): the long and short
+    factor tensors, the original context and the attention factor; None for other ropes."""
+    import math
+
+    import numpy as np
+
+    kind, rope = rope_type(config)
+    if kind != "longrope" or not rope.get("long_factor"):
+        return None
+    original = int(rope.get("original_max_position_embeddings")
+                   or config.original_max_position_embeddings)
+    scale = config.max_position_embeddings / original
+    attn = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0
+    return {"long": np.asarray(rope["long_factor"], dtype=np.float32),
+            "short": np.asarray(rope["short_factor"], dtype=np.float32),
+            "original": original, "attn_factor": attn}
+
+
+def _extra_tensors(config: Any) -> list[tuple[str, Any]]:
+    """Tensors the converter writes before the weights (generate_extra_tensors)."""
+    factors = rope_freqs(config)
+    if factors is not None:
+        return [(ROPE_FREQS_TENSOR, factors)]
+    phi = longrope(config)
+    if phi is not None:
+        return [(ROPE_LONG_TENSOR, phi["long"]), (ROPE_SHORT_TENSOR, phi["short"])]
+    return []
+
+
 def _tensors(model: Any, arch: Any, model_type: str) -> list[tuple[str, Any]]:
     import gguf
 
     config = model.config
-    factors = rope_freqs(config)  # written first, as the converter does
-    out = [] if factors is None else [(ROPE_FREQS_TENSOR, factors)]
+    family = FAMILIES[model_type]
+    out = _extra_tensors(config)
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or \
@@ -194,10 +183,12 @@ def _tensors(model: Any, arch: Any, model_type: str) -> list[tuple[str, Any]]:
             raise UserError(f"GGUF export cannot place tensor {key!r} of this model",
                             code="gguf_unsupported")
         data = value.detach().float().cpu().numpy()
-        if model_type in PERMUTE_QK and key.endswith("q_proj.weight"):
+        if family.permute_qk and key.endswith("q_proj.weight"):
             data = _permute(data, n_head)
-        elif model_type in PERMUTE_QK and key.endswith("k_proj.weight"):
+        elif family.permute_qk and key.endswith("k_proj.weight"):
             data = _permute(data, n_kv)
+        elif family.norm_offset and key.endswith("norm.weight"):
+            data = data + family.norm_offset
         out.append((name, data))
     return out
 
@@ -236,7 +227,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, gguf_type: str, name: 
     writer = gguf.GGUFWriter(str(path), arch_name)
     _write_hparams(writer, config, model_type, name, gguf_type)
     tok = tokenizer_metadata(tokenizer, config.vocab_size, model_type)
-    _write_tokenizer(writer, tokenizer, tok, stops, end_of_turn)
+    write_tokenizer(writer, tokenizer, tok, stops, end_of_turn)
     for tensor_name, data in _tensors(model, arch, model_type):
         array, raw = _encode(data, gguf_type)
         writer.add_tensor(tensor_name, array, raw_dtype=raw)
@@ -245,14 +236,15 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, gguf_type: str, name: 
     writer.write_tensors_to_file()
     writer.close()
     return {"architecture": arch_name, "tokenizer_pre": tok["pre"], "type": gguf_type,
-            "bytes": path.stat().st_size, "adds_bos": _adds_bos(tokenizer)}
+            "tokenizer_model": tok["model"], "bytes": path.stat().st_size,
+            "adds_bos": adds_bos(tokenizer)}
 
 
 def _write_hparams(writer: Any, config: Any, model_type: str, name: str, gguf_type: str) -> None:
     import gguf
 
     heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    head_dim = _head_dim(config)
     kind, rope = rope_type(config)
     theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
     writer.add_type("model")
@@ -266,14 +258,15 @@ def _write_hparams(writer: Any, config: Any, model_type: str, name: str, gguf_ty
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(float(theta))
     writer.add_vocab_size(config.vocab_size)
-    if model_type in PERMUTE_QK:
+    if FAMILIES[model_type].permute_qk or model_type == "phi3":
         writer.add_rope_dimension_count(head_dim)
-    if head_dim != config.hidden_size // heads:
+    if head_dim != config.hidden_size // heads or model_type == "gemma2":
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
+    _write_family_hparams(writer, config, model_type)
     if gguf_type == "q8_0":
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -281,25 +274,19 @@ def _write_hparams(writer: Any, config: Any, model_type: str, name: str, gguf_ty
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
 
 
-def _write_tokenizer(writer: Any, tokenizer: Any, tok: dict[str, Any], stops: list[int],
-                     end_of_turn: int | None) -> None:
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(tok["pre"])
-    writer.add_token_list(tok["tokens"])
-    writer.add_token_types(tok["types"])
-    writer.add_token_merges(tok["merges"])
-    if tokenizer.bos_token_id is not None:
-        writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_eos_token_id(stops[0])
-    if end_of_turn is not None:
-        writer.add_eot_token_id(end_of_turn)
-    if tokenizer.unk_token_id is not None:
-        writer.add_unk_token_id(tokenizer.unk_token_id)
-    if tokenizer.pad_token_id is not None:
-        writer.add_pad_token_id(tokenizer.pad_token_id)
-    writer.add_add_bos_token(_adds_bos(tokenizer))
-    if getattr(tokenizer, "chat_template", None):
-        writer.add_chat_template(str(tokenizer.chat_template))
+def _write_family_hparams(writer: Any, config: Any, model_type: str) -> None:
+    if model_type == "gemma2":  # Gemma2Model.set_gguf_parameters
+        writer.add_attn_logit_softcapping(float(config.attn_logit_softcapping or 0.0))
+        writer.add_final_logit_softcapping(float(config.final_logit_softcapping or 0.0))
+        writer.add_sliding_window(int(config.sliding_window))
+    elif model_type == "phi3":  # Phi3MiniModel.set_gguf_parameters
+        phi = longrope(config)
+        original = (phi["original"] if phi else getattr(config, "original_max_position_embeddings",
+                                                         None) or config.max_position_embeddings)
+        writer.add_rope_scaling_orig_ctx_len(int(original))
+        writer.add_sliding_window(int(getattr(config, "sliding_window", None) or 0))
+        if phi is not None:
+            writer.add_rope_scaling_attn_factors(float(phi["attn_factor"]))
 
 
 # --------------------------------------------------------------------------- checking
@@ -329,9 +316,7 @@ def verify_gguf(path: Path, merged: Any, tokenizer: Any, inputs: list[Any], gguf
     scale = max(float(a.abs().max()) for a in want) or 1.0
     agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(want, got, strict=True))
     total = sum(a.shape[1] for a in want)
-    same_ids = all(
-        loaded_tok(t, add_special_tokens=False)["input_ids"] == x[0].tolist()
-        for t, x in zip(_texts(tokenizer), inputs, strict=True))
+    same_ids = _same_tokens(tokenizer, loaded_tok, inputs)
     prompt = chat_inputs(tokenizer, [demo_prompt])[0]
     texts = [_greedy(m, tokenizer, prompt, stops, max_new_tokens) for m in (merged, loaded)]
     facts = {"max_logit_diff": diff, "logit_scale": scale, "argmax_agreement": agree / total,
@@ -349,22 +334,35 @@ def verify_gguf(path: Path, merged: Any, tokenizer: Any, inputs: list[Any], gguf
 
 
 def _apply_rope_freqs(path: Path, merged: Any, loaded: Any) -> None:
-    """transformers' GGUF loader ignores ``rope_freqs``: give the loaded model the frequencies
-    the file's tensor says (as llama.cpp computes them), after checking they are the ones
-    transformers' own llama3 rope computes. ExportCheckFailed when they are not."""
+    """transformers' GGUF loader ignores what llama.cpp reads from ``rope_freqs``, the Phi-3
+    long/short rope factors and Gemma 2's soft-capping keys: give the loaded model what the
+    file says, after checking it is what the merged model computes. ExportCheckFailed when the
+    file says something else."""
     import numpy as np
     import torch
     from gguf import GGUFReader
 
     from engine.export._merge import ExportCheckFailed
 
-    if rope_freqs(merged.config) is None:
+    reader = GGUFReader(str(path))
+    tensors = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors
+               if t.name in (ROPE_FREQS_TENSOR, ROPE_LONG_TENSOR, ROPE_SHORT_TENSOR)}
+    want_extra = dict(_extra_tensors(merged.config))
+    for name, data in want_extra.items():
+        if name not in tensors or not np.array_equal(tensors[name], data):
+            raise ExportCheckFailed(f"the GGUF file's {name} is missing or differs from the "
+                                    "model's rope; nothing was written")
+    if merged.config.model_type == "gemma2":
+        _apply_gemma2(reader, loaded, int(merged.config.query_pre_attn_scalar))
+    if ROPE_LONG_TENSOR in want_extra:
+        # Phi-3 longrope: the factors checked above are the merged model's own; its rotary
+        # module computes with them (transformers picks long or short by sequence length,
+        # llama.cpp by context size: the same factors either way).
+        loaded.model.rotary_emb = merged.model.rotary_emb
         return
-    tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
-    if ROPE_FREQS_TENSOR not in tensors:
-        raise ExportCheckFailed(f"the GGUF file has no {ROPE_FREQS_TENSOR} for its llama3 rope; "
-                                "nothing was written")
-    factors = torch.from_numpy(np.array(tensors[ROPE_FREQS_TENSOR].data, dtype=np.float32))
+    if ROPE_FREQS_TENSOR not in want_extra:
+        return
+    factors = torch.from_numpy(tensors[ROPE_FREQS_TENSOR])
     rotary = loaded.model.rotary_emb  # built with the default rope: the plain frequencies
     inv_freq = rotary.original_inv_freq.float() / factors
     want = merged.model.rotary_emb.inv_freq.float().cpu()
@@ -374,6 +372,37 @@ def _apply_rope_freqs(path: Path, merged: Any, loaded: Any) -> None:
             f"model's by up to {float((inv_freq - want).abs().max()):.3g}; nothing was written")
     rotary.inv_freq.copy_(inv_freq)
     rotary.original_inv_freq.copy_(inv_freq)
+
+
+def _apply_gemma2(reader: Any, loaded: Any, query_scalar: int) -> None:
+    """What llama.cpp computes for a gemma2 file and transformers' loader leaves at Gemma2Config
+    defaults: the soft-capping values the file holds, and the query scale (llama.cpp's gemma2
+    graph uses 1/sqrt(head_dim), hidden/heads for the 27B size; check_supported refuses a model
+    whose query_pre_attn_scalar is neither, so the model's own value is llama.cpp's)."""
+    def value(key: str) -> float | None:
+        field = reader.fields.get(f"gemma2.{key}")
+        return float(field.parts[-1][0]) or None if field is not None else None
+
+    loaded.config.final_logit_softcapping = value("final_logit_softcapping")
+    attn_cap = value("attn_logit_softcapping")
+    loaded.config.attn_logit_softcapping = attn_cap
+    for layer in loaded.model.layers:
+        layer.self_attn.attn_logit_softcapping = attn_cap
+        layer.self_attn.scaling = query_scalar ** -0.5
+    loaded.config.query_pre_attn_scalar = query_scalar
+
+
+def _same_tokens(tokenizer: Any, loaded_tok: Any, inputs: list[Any]) -> bool:
+    """The loaded tokenizer gives the model's ids: on the chat texts for byte-level BPE; on
+    the plain prompts for SentencePiece, where llama.cpp puts a space prefix after each special
+    token as the original (legacy) tokenizer does and transformers' GGUF loader does not."""
+    from engine.export._merge import CHECK_PROMPTS
+
+    if vocab_kind(tokenizer) == "gpt2":
+        return all(loaded_tok(t, add_special_tokens=False)["input_ids"] == x[0].tolist()
+                   for t, x in zip(_texts(tokenizer), inputs, strict=True))
+    return all(loaded_tok(t, add_special_tokens=False)["input_ids"]
+               == tokenizer(t, add_special_tokens=False)["input_ids"] for t in CHECK_PROMPTS)
 
 
 def _common_chars(a: str, b: str) -> int:
