@@ -3,6 +3,7 @@ back with gguf's own reader and loaded again to compare with the model it came f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -105,24 +106,47 @@ def test_llama3_rope_only_for_llama(llama3: tuple[Any, Any]) -> None:
 
 
 def _spm_tokenizer(prefix_space: bool = True) -> Any:
-    """A SentencePiece BPE tokenizer as transformers 5 holds Llama 2 / Mistral / Phi-3 ones
-    (byte fallback, '▁' for spaces, a prefix space) or Gemma's (no prefix space)."""
+    """A SentencePiece BPE tokenizer laid out as transformers 5 holds a Llama 2 / Mistral /
+    Phi-3 tokenizer.model (<unk> <s> </s>, the 256 byte pieces, then the merged pieces; byte
+    fallback, '▁' for spaces, a prefix space) or Gemma's (no prefix space), plus two added
+    chat tokens at the end as a chat fine-tune has them."""
     from test_export import TEMPLATE
-    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
-    spm = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    texts = [f"What is {i} plus {i}? Arr, it be {2 * i}! Hello, who are you? Write a haiku "
+             "about the sea. You are a helpful assistant." for i in range(50)]
     steps = [normalizers.Prepend("▁")] if prefix_space else []
-    spm.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.normalizer = normalizer
+    trained.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, show_progress=False))
+    learned = json.loads(trained.to_str())["model"]
+    pieces = [t for t, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1])]
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>",
+                                         *(f"<0x{b:02X}>" for b in range(256))])}
+    for piece in pieces:
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
+              for m in learned["merges"]]
+    spm = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True,
+                               unk_token="<unk>", fuse_unk=True))
+    spm.normalizer = normalizer
     spm.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                      decoders.Fuse(),
                                      *([decoders.Strip(" ", 1, 0)] if prefix_space else [])])
-    texts = [f"What is {i} plus {i}? Arr, it be {2 * i}! Hello, who are you? Write a haiku "
-             "about the sea. You are a helpful assistant." for i in range(50)]
-    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
-    spm.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=700, show_progress=False, special_tokens=specials + bytes_))
+    spm.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in
+                            ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>")])
+    spm.post_processor = processors.TemplateProcessing(  # <s> first, as Llama 2's does
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
     tok = PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="<|im_end|>",
                                   unk_token="<unk>", pad_token="</s>")
     tok.chat_template = TEMPLATE
@@ -191,7 +215,15 @@ def test_sentencepiece_families_round_trip(kind: str, tmp_path: Path) -> None:
     assert field("tokenizer.ggml.add_space_prefix") == (kind != "gemma2")
     tokens, types = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.token_type")
     assert types[tokens.index("<0x0A>")] == gguf.TokenType.BYTE
-    assert types[tokens.index("<unk>")] == gguf.TokenType.UNKNOWN
+    # <unk> is an added special token in transformers' tokenizer, so control, as the
+    # converter types it from added_tokens_decoder
+    assert types[tokens.index("<unk>")] == gguf.TokenType.CONTROL
+    assert types[tokens.index("▁are▁you")] == gguf.TokenType.NORMAL
+    assert field("tokenizer.ggml.add_bos_token") is True
+    assert field("tokenizer.ggml.pre") == "default"
+    assert field("tokenizer.chat_template") == tok.chat_template
+    scores = field("tokenizer.ggml.scores")
+    assert scores[tokens.index("<|im_end|>")] == -1000.0
     assert types[tokens.index("<|im_end|>")] == gguf.TokenType.CONTROL
     assert field("tokenizer.ggml.eos_token_id") == tok.convert_tokens_to_ids("<|im_end|>")
     assert "tokenizer.ggml.merges" not in reader.fields  # llama.cpp's SPM vocab has none
