@@ -4,6 +4,7 @@ back with gguf's own reader and loaded again to compare with the model it came f
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,12 @@ from test_export import _small_tokenizer, _spread
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 32}
+
+
+PHI35_ROPE = {"rope_type": "longrope", "rope_theta": 10000.0,
+              "original_max_position_embeddings": 32,
+              "long_factor": [1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0],
+              "short_factor": [1.0, 1.0, 1.1, 1.1, 1.2, 1.3, 1.5, 2.0]}
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +180,10 @@ def _family_model(kind: str, vocab: int) -> Any:
                                                sliding_window=128))
     elif kind == "phi3":
         model = Phi3ForCausalLM(Phi3Config(**common, tie_word_embeddings=False))
+    elif kind == "phi3.5":  # Phi-3.5-mini's long-context rope, with a short original context
+        model = Phi3ForCausalLM(Phi3Config(**common, tie_word_embeddings=False,
+                                           original_max_position_embeddings=32,
+                                           rope_parameters=dict(PHI35_ROPE)))
     else:  # Llama 2
         model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
     model = _spread(model).eval()
@@ -184,7 +195,7 @@ def _family_model(kind: str, vocab: int) -> Any:
     return model
 
 
-@pytest.mark.parametrize("kind", ["llama2", "gemma2", "phi3"])
+@pytest.mark.parametrize("kind", ["llama2", "gemma2", "phi3", "phi3.5"])
 def test_sentencepiece_families_round_trip(kind: str, tmp_path: Path) -> None:
     """Llama 2 / Mistral-style, Gemma 2 and Phi-3 models with SentencePiece tokenizers: the
     GGUF holds llama.cpp's vocabulary (model 'llama', scores in merge order, byte pieces) and
@@ -203,7 +214,7 @@ def test_sentencepiece_families_round_trip(kind: str, tmp_path: Path) -> None:
     check_supported(model.config, tok)
     facts = write_gguf(model, tok, path, gguf_type="f16", name=f"tiny {kind}",
                        stops=stop_token_ids(tok), end_of_turn=end_of_turn_id(tok))
-    arch = {"llama2": "llama", "gemma2": "gemma2", "phi3": "phi3"}[kind]
+    arch = {"llama2": "llama", "gemma2": "gemma2", "phi3": "phi3", "phi3.5": "phi3"}[kind]
     assert facts["architecture"] == arch and facts["tokenizer_model"] == "llama"
     reader = gguf.GGUFReader(str(path))
 
@@ -235,7 +246,16 @@ def test_sentencepiece_families_round_trip(kind: str, tmp_path: Path) -> None:
         norm = next(t for t in reader.tensors if t.name == "output_norm.weight")
         torch.testing.assert_close(torch.from_numpy(np.array(norm.data)),
                                    model.model.norm.weight.detach() + 1)
-    if kind == "phi3":
+    if kind == "phi3.5":  # Phi3MiniModel.generate_extra_tensors / set_gguf_parameters
+        for which in ("long", "short"):
+            factors = next(t for t in reader.tensors if t.name == f"rope_factors_{which}.weight")
+            np.testing.assert_array_equal(np.array(factors.data),
+                                          np.float32(PHI35_ROPE[f"{which}_factor"]))
+        assert field("phi3.rope.scaling.original_context_length") == 32
+        assert field("phi3.rope.scaling.attn_factor") == pytest.approx(
+            math.sqrt(1 + math.log(256 / 32) / math.log(32)))
+    if kind.startswith("phi3"):
+        assert field("phi3.rope.dimension_count") == 16
         assert {"blk.0.attn_qkv.weight", "blk.0.ffn_up.weight"} <= names
         up = next(t for t in reader.tensors if t.name == "blk.0.ffn_up.weight")
         assert list(up.shape) == [64, 256]  # gate and up fused, as llama.cpp's phi3 reads it
