@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_export import _small_tokenizer, _spread
+from test_export import TEMPLATE, _small_tokenizer, _spread
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -117,7 +117,6 @@ def _spm_tokenizer(prefix_space: bool = True) -> Any:
     Phi-3 tokenizer.model (<unk> <s> </s>, the 256 byte pieces, then the merged pieces; byte
     fallback, '▁' for spaces, a prefix space) or Gemma's (no prefix space), plus two added
     chat tokens at the end as a chat fine-tune has them."""
-    from test_export import TEMPLATE
     from tokenizers import (
         AddedToken,
         Tokenizer,
@@ -292,3 +291,127 @@ def test_gemma2_with_another_query_scale_is_refused() -> None:
     config = Gemma2Config(head_dim=16, query_pre_attn_scalar=24, num_hidden_layers=2)
     with pytest.raises(UserError, match="query_pre_attn_scalar=24"):
         check_supported(config, _spm_tokenizer(prefix_space=False))
+
+
+def _field(reader: Any, key: str) -> Any:
+    f = reader.fields[key]
+    return f.contents() if hasattr(f, "contents") else f.parts[-1][0]
+
+
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _qwen2_tokenizer() -> Any:
+    """Byte-level BPE with Qwen2's own pre-tokenizer (its tokenizer.json's split regex: digits
+    one by one, then byte-level without a regex), which llama.cpp's pre name qwen2 stands for."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [f"What is {i} plus {i}? Arr, it be {2 * i}! Hello, who are you? Write a haiku "
+             "about the sea. You are a helpful assistant." for i in range(50)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=360, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>")
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+def test_qwen25_writes_llama_cpp_qwen2(tmp_path: Path) -> None:
+    """A Qwen2.5-style model (tied embeddings as the 0.5B-3B sizes have, rope base 1e6, a
+    vocabulary padded past the tokenizer's): arch qwen2 with q/k/v biases and unpermuted q/k
+    (Qwen2Model), byte-level BPE with pre-tokenizer qwen2, padding ids as [PADn] unused; loads
+    back with the same tokens and logits."""
+    import gguf
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from engine.export._gguf import check_supported, verify_gguf, write_gguf
+    from engine.export._merge import chat_inputs
+    from engine.export._stops import end_of_turn_id, stop_token_ids
+
+    tok = _qwen2_tokenizer()
+    config = Qwen2Config(vocab_size=len(tok) + 5, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    torch.manual_seed(0)
+    model = _spread(Qwen2ForCausalLM(config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("_proj.bias"):
+                p.normal_(0, 0.5)  # Qwen's biases are large: make them matter
+    check_supported(model.config, tok)
+    path = tmp_path / "m.gguf"
+    facts = write_gguf(model, tok, path, gguf_type="f16", name="tiny qwen2.5",
+                       stops=stop_token_ids(tok), end_of_turn=end_of_turn_id(tok))
+    assert facts["architecture"] == "qwen2" and facts["tokenizer_model"] == "gpt2"
+    reader = gguf.GGUFReader(str(path))
+    assert _field(reader, "general.architecture") == "qwen2"
+    assert _field(reader, "tokenizer.ggml.model") == "gpt2"
+    assert _field(reader, "tokenizer.ggml.pre") == "qwen2"
+    assert _field(reader, "qwen2.rope.freq_base") == 1e6
+    assert "qwen2.rope.dimension_count" not in reader.fields
+    assert _field(reader, "tokenizer.ggml.eos_token_id") == tok.convert_tokens_to_ids("<|im_end|>")
+    assert _field(reader, "tokenizer.chat_template") == TEMPLATE
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type")
+    assert len(tokens) == len(tok) + 5 and tokens[-1] == f"[PAD{len(tok) + 4}]"
+    assert types[-1] == gguf.TokenType.UNUSED
+    assert types[tokens.index("<|im_start|>")] == gguf.TokenType.CONTROL
+    tensors = {t.name: t for t in reader.tensors}
+    assert {f"blk.0.attn_{x}.bias" for x in "qkv"} <= set(tensors)
+    assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
+    q = model.model.layers[0].self_attn.q_proj.weight.detach().numpy()
+    np.testing.assert_allclose(np.asarray(tensors["blk.0.attn_q.weight"].data, dtype=np.float32)
+                               .reshape(q.shape), q, atol=1e-3)  # not permuted
+    check = verify_gguf(path, model, tok, chat_inputs(tok), "f16", "Hello, who are you?",
+                        stop_token_ids(tok))
+    assert check["tokenizer_matches"] and check["argmax_agreement"] == 1.0
+    assert check["max_logit_diff"] < 1e-2 * check["logit_scale"]
+
+
+@pytest.mark.parametrize("config_name", ["Qwen3Config", "Gemma3TextConfig", "GemmaConfig",
+                                         "PhiConfig"])
+def test_other_families_are_refused_with_the_way_out(config_name: str) -> None:
+    """Families the writer does not know are refused by check_supported, which export runs
+    before any weight loads, naming the alternative."""
+    import transformers
+
+    from engine.errors import UserError
+    from engine.export._gguf import check_supported
+
+    config = getattr(transformers, config_name)()
+    with pytest.raises(UserError, match=f"this model is {config.model_type}") as info:
+        check_supported(config, _small_tokenizer_cached())
+    assert info.value.code == "gguf_unsupported"
+    assert "--merge" in str(info.value.advice)
+
+
+def test_qwen2_with_sliding_window_is_refused() -> None:
+    from transformers import Qwen2Config
+
+    from engine.errors import UserError
+    from engine.export._gguf import check_supported
+
+    with pytest.raises(UserError, match="use_sliding_window"):
+        check_supported(Qwen2Config(use_sliding_window=True, sliding_window=64),
+                        _small_tokenizer_cached())
+
+
+_TOK: list[Any] = []
+
+
+def _small_tokenizer_cached() -> Any:
+    import tempfile
+
+    if not _TOK:
+        with tempfile.TemporaryDirectory() as folder:
+            _TOK.append(_small_tokenizer(Path(folder)))
+    return _TOK[0]

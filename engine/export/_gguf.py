@@ -82,6 +82,9 @@ def _check_family(config: Any, model_type: str) -> None:
             raise UserError(f"GGUF export: this Gemma 2 model scales queries by "
                             f"query_pre_attn_scalar={scalar}, llama.cpp by head_dim="
                             f"{_head_dim(config)}", _ADVICE, code="gguf_unsupported")
+    if model_type == "qwen2" and getattr(config, "use_sliding_window", False):
+        raise UserError("GGUF export: llama.cpp's qwen2 has no sliding-window attention; this "
+                        "Qwen2 model sets use_sliding_window", _ADVICE, code="gguf_unsupported")
     if model_type == "gemma2" and not getattr(config, "tie_word_embeddings", True):
         raise UserError("GGUF export: llama.cpp's gemma2 reads its output head from the "
                         "token embeddings; this Gemma 2 model has a separate lm_head",
