@@ -415,3 +415,44 @@ def _small_tokenizer_cached() -> Any:
         with tempfile.TemporaryDirectory() as folder:
             _TOK.append(_small_tokenizer(Path(folder)))
     return _TOK[0]
+
+
+def test_gemma2_run_exports_through_the_real_path(tmp_path: Path) -> None:
+    """A LoRA run on a tiny Gemma 2 with a SentencePiece tokenizer (saved and loaded back as a
+    user's base folder is): export_run merges, writes gemma2 GGUF, loads it back and writes
+    the Modelfile."""
+    import gguf
+    from test_export import _chat_rows
+
+    from engine import events as ev
+    from engine import runs
+    from engine.config import job_from_dict
+    from engine.export import export_run
+    from engine.training import run_training
+
+    base = tmp_path / "gemma2-base"
+    tok = _spm_tokenizer(prefix_space=False)
+    tok.save_pretrained(base)
+    _family_model("gemma2", len(tok)).save_pretrained(base)
+    job = job_from_dict({  # Gemma 2 has no sdpa attention in transformers: eager, as a user sets
+        "name": "g2", "model": {"source": str(base), "attn_implementation": "eager"},
+        "dataset": {"path": str(_chat_rows(tmp_path / "chat.jsonl")), "max_length": 64},
+        "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "training": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-2,
+                     "warmup_ratio": 0.0},
+        "output": {"runs_dir": str(tmp_path / "runs")}})
+    run = tmp_path / "runs" / "g2"
+    writer = ev.EventWriter(run / runs.EVENTS_FILE)
+    try:
+        assert run_training(job, run_dir=run, emit=writer).status == "completed"
+    finally:
+        writer.close()
+    results = export_run(run, tmp_path / "out", merge=True, gguf=True, gguf_type="f16")
+    assert [r.kind for r in results] == ["merged", "gguf"]
+    facts = results[1].details
+    assert facts["architecture"] == "gemma2" and facts["tokenizer_model"] == "llama"
+    assert facts["tokenizer_matches"] and facts["argmax_agreement"] >= 0.98
+    reader = gguf.GGUFReader(results[1].path)
+    assert _field(reader, "tokenizer.ggml.add_space_prefix") is False
+    assert _field(reader, "tokenizer.chat_template") == TEMPLATE
+    assert 'PARAMETER stop "<|im_end|>"' in (tmp_path / "out" / "Modelfile").read_text()
