@@ -394,15 +394,24 @@ def test_other_families_are_refused_with_the_way_out(config_name: str) -> None:
     assert "--merge" in str(info.value.advice)
 
 
-def test_qwen2_with_sliding_window_is_refused() -> None:
-    from transformers import Qwen2Config
+@pytest.mark.parametrize(("config_name", "settings", "message"), [
+    ("Qwen2Config", {"use_sliding_window": True, "sliding_window": 64}, "use_sliding_window"),
+    ("Gemma2Config", {"tie_word_embeddings": False, "head_dim": 16,
+                      "query_pre_attn_scalar": 16}, "separate lm_head"),
+    ("Phi3Config", {"partial_rotary_factor": 0.5}, "partial rotary"),
+])
+def test_what_llama_cpp_computes_otherwise_is_refused(config_name: str, settings: dict[str, Any],
+                                                      message: str) -> None:
+    """Settings of a supported family that llama.cpp's graph for it does not follow."""
+    import transformers
 
     from engine.errors import UserError
     from engine.export._gguf import check_supported
 
-    with pytest.raises(UserError, match="use_sliding_window"):
-        check_supported(Qwen2Config(use_sliding_window=True, sliding_window=64),
-                        _small_tokenizer_cached())
+    config = getattr(transformers, config_name)(num_hidden_layers=2, **settings)
+    with pytest.raises(UserError, match=message) as info:
+        check_supported(config, _small_tokenizer_cached())
+    assert info.value.code == "gguf_unsupported" and "--merge" in str(info.value.advice)
 
 
 _TOK: list[Any] = []
