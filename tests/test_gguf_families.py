@@ -3,6 +3,8 @@ back with gguf's own reader and loaded again to compare with the model it came f
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,12 @@ from test_export import TEMPLATE, _small_tokenizer, _spread
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 32}
+
+
+PHI35_ROPE = {"rope_type": "longrope", "rope_theta": 10000.0,
+              "original_max_position_embeddings": 32,
+              "long_factor": [1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0],
+              "short_factor": [1.0, 1.0, 1.1, 1.1, 1.2, 1.3, 1.5, 2.0]}
 
 
 @pytest.fixture(scope="module")
@@ -105,23 +113,46 @@ def test_llama3_rope_only_for_llama(llama3: tuple[Any, Any]) -> None:
 
 
 def _spm_tokenizer(prefix_space: bool = True) -> Any:
-    """A SentencePiece BPE tokenizer as transformers 5 holds Llama 2 / Mistral / Phi-3 ones
-    (byte fallback, '▁' for spaces, a prefix space) or Gemma's (no prefix space)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    """A SentencePiece BPE tokenizer laid out as transformers 5 holds a Llama 2 / Mistral /
+    Phi-3 tokenizer.model (<unk> <s> </s>, the 256 byte pieces, then the merged pieces; byte
+    fallback, '▁' for spaces, a prefix space) or Gemma's (no prefix space), plus two added
+    chat tokens at the end as a chat fine-tune has them."""
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
-    spm = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    texts = [f"What is {i} plus {i}? Arr, it be {2 * i}! Hello, who are you? Write a haiku "
+             "about the sea. You are a helpful assistant." for i in range(50)]
     steps = [normalizers.Prepend("▁")] if prefix_space else []
-    spm.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.normalizer = normalizer
+    trained.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, show_progress=False))
+    learned = json.loads(trained.to_str())["model"]
+    pieces = [t for t, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1])]
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>",
+                                         *(f"<0x{b:02X}>" for b in range(256))])}
+    for piece in pieces:
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
+              for m in learned["merges"]]
+    spm = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True,
+                               unk_token="<unk>", fuse_unk=True))
+    spm.normalizer = normalizer
     spm.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                      decoders.Fuse(),
                                      *([decoders.Strip(" ", 1, 0)] if prefix_space else [])])
-    texts = [f"What is {i} plus {i}? Arr, it be {2 * i}! Hello, who are you? Write a haiku "
-             "about the sea. You are a helpful assistant." for i in range(50)]
-    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
-    spm.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=700, show_progress=False, special_tokens=specials + bytes_))
+    spm.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in
+                            ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>")])
+    spm.post_processor = processors.TemplateProcessing(  # <s> first, as Llama 2's does
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
     tok = PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="<|im_end|>",
                                   unk_token="<unk>", pad_token="</s>")
     tok.chat_template = TEMPLATE
@@ -148,6 +179,10 @@ def _family_model(kind: str, vocab: int) -> Any:
                                                sliding_window=128))
     elif kind == "phi3":
         model = Phi3ForCausalLM(Phi3Config(**common, tie_word_embeddings=False))
+    elif kind == "phi3.5":  # Phi-3.5-mini's long-context rope, with a short original context
+        model = Phi3ForCausalLM(Phi3Config(**common, tie_word_embeddings=False,
+                                           original_max_position_embeddings=32,
+                                           rope_parameters=dict(PHI35_ROPE)))
     else:  # Llama 2
         model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
     model = _spread(model).eval()
@@ -159,25 +194,26 @@ def _family_model(kind: str, vocab: int) -> Any:
     return model
 
 
-@pytest.mark.parametrize("kind", ["llama2", "gemma2", "phi3"])
+@pytest.mark.parametrize("kind", ["llama2", "gemma2", "phi3", "phi3.5"])
 def test_sentencepiece_families_round_trip(kind: str, tmp_path: Path) -> None:
     """Llama 2 / Mistral-style, Gemma 2 and Phi-3 models with SentencePiece tokenizers: the
     GGUF holds llama.cpp's vocabulary (model 'llama', scores in merge order, byte pieces) and
     the family's own keys, and loads back with the same tokens and logits."""
     import gguf
 
-    from engine.export._gguf import check_supported, verify_gguf, write_gguf
+    from engine.export._gguf import verify_gguf
     from engine.export._merge import chat_inputs
     from engine.export._stops import end_of_turn_id, stop_token_ids
 
     tok = _spm_tokenizer(prefix_space=kind != "gemma2")
     model = _family_model(kind, len(tok))
     path = tmp_path / "m.gguf"
+    from engine.export._gguf import check_supported, write_gguf
 
     check_supported(model.config, tok)
     facts = write_gguf(model, tok, path, gguf_type="f16", name=f"tiny {kind}",
                        stops=stop_token_ids(tok), end_of_turn=end_of_turn_id(tok))
-    arch = {"llama2": "llama", "gemma2": "gemma2", "phi3": "phi3"}[kind]
+    arch = {"llama2": "llama", "gemma2": "gemma2", "phi3": "phi3", "phi3.5": "phi3"}[kind]
     assert facts["architecture"] == arch and facts["tokenizer_model"] == "llama"
     reader = gguf.GGUFReader(str(path))
 
@@ -189,7 +225,15 @@ def test_sentencepiece_families_round_trip(kind: str, tmp_path: Path) -> None:
     assert field("tokenizer.ggml.add_space_prefix") == (kind != "gemma2")
     tokens, types = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.token_type")
     assert types[tokens.index("<0x0A>")] == gguf.TokenType.BYTE
-    assert types[tokens.index("<unk>")] == gguf.TokenType.UNKNOWN
+    # <unk> is an added special token in transformers' tokenizer, so control, as the
+    # converter types it from added_tokens_decoder
+    assert types[tokens.index("<unk>")] == gguf.TokenType.CONTROL
+    assert types[tokens.index("▁are▁you")] == gguf.TokenType.NORMAL
+    assert field("tokenizer.ggml.add_bos_token") is True
+    assert field("tokenizer.ggml.pre") == "default"
+    assert field("tokenizer.chat_template") == tok.chat_template
+    scores = field("tokenizer.ggml.scores")
+    assert scores[tokens.index("<|im_end|>")] == -1000.0
     assert types[tokens.index("<|im_end|>")] == gguf.TokenType.CONTROL
     assert field("tokenizer.ggml.eos_token_id") == tok.convert_tokens_to_ids("<|im_end|>")
     assert "tokenizer.ggml.merges" not in reader.fields  # llama.cpp's SPM vocab has none
@@ -201,7 +245,16 @@ def test_sentencepiece_families_round_trip(kind: str, tmp_path: Path) -> None:
         norm = next(t for t in reader.tensors if t.name == "output_norm.weight")
         torch.testing.assert_close(torch.from_numpy(np.array(norm.data)),
                                    model.model.norm.weight.detach() + 1)
-    if kind == "phi3":
+    if kind == "phi3.5":  # Phi3MiniModel.generate_extra_tensors / set_gguf_parameters
+        for which in ("long", "short"):
+            factors = next(t for t in reader.tensors if t.name == f"rope_factors_{which}.weight")
+            np.testing.assert_array_equal(np.array(factors.data),
+                                          np.float32(PHI35_ROPE[f"{which}_factor"]))
+        assert field("phi3.rope.scaling.original_context_length") == 32
+        assert field("phi3.rope.scaling.attn_factor") == pytest.approx(
+            math.sqrt(1 + math.log(256 / 32) / math.log(32)))
+    if kind.startswith("phi3"):
+        assert field("phi3.rope.dimension_count") == 16
         assert {"blk.0.attn_qkv.weight", "blk.0.ffn_up.weight"} <= names
         up = next(t for t in reader.tensors if t.name == "blk.0.ffn_up.weight")
         assert list(up.shape) == [64, 256]  # gate and up fused, as llama.cpp's phi3 reads it
@@ -240,40 +293,175 @@ def test_gemma2_with_another_query_scale_is_refused() -> None:
         check_supported(config, _spm_tokenizer(prefix_space=False))
 
 
-def test_phi3_longrope_is_written_as_factor_tensors(tmp_path: Path) -> None:
-    """Phi-3.5's long-context rope: the long and short factors as llama.cpp's converter writes
-    them (rope_factors_long/short, attn_factor, original context), and the round trip holds."""
-    import math
+def _field(reader: Any, key: str) -> Any:
+    f = reader.fields[key]
+    return f.contents() if hasattr(f, "contents") else f.parts[-1][0]
 
+
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _qwen2_tokenizer() -> Any:
+    """Byte-level BPE with Qwen2's own pre-tokenizer (its tokenizer.json's split regex: digits
+    one by one, then byte-level without a regex), which llama.cpp's pre name qwen2 stands for."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [f"What is {i} plus {i}? Arr, it be {2 * i}! Hello, who are you? Write a haiku "
+             "about the sea. You are a helpful assistant." for i in range(50)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=360, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>")
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+def test_qwen25_writes_llama_cpp_qwen2(tmp_path: Path) -> None:
+    """A Qwen2.5-style model (tied embeddings as the 0.5B-3B sizes have, rope base 1e6, a
+    vocabulary padded past the tokenizer's): arch qwen2 with q/k/v biases and unpermuted q/k
+    (Qwen2Model), byte-level BPE with pre-tokenizer qwen2, padding ids as [PADn] unused; loads
+    back with the same tokens and logits."""
     import gguf
-    from transformers import Phi3Config, Phi3ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from engine.export._gguf import check_supported, verify_gguf, write_gguf
     from engine.export._merge import chat_inputs
     from engine.export._stops import end_of_turn_id, stop_token_ids
 
-    tok = _spm_tokenizer()
-    long_f, short_f = [1.0 + i / 4 for i in range(8)], [1.0 + i / 16 for i in range(8)]
-    config = Phi3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                        max_position_embeddings=1024, original_max_position_embeddings=256,
-                        bos_token_id=1, eos_token_id=4, pad_token_id=2,
-                        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
-                                         "long_factor": long_f, "short_factor": short_f,
-                                         "original_max_position_embeddings": 256})
+    tok = _qwen2_tokenizer()
+    config = Qwen2Config(vocab_size=len(tok) + 5, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6})
     torch.manual_seed(0)
-    model = _spread(Phi3ForCausalLM(config)).eval()
+    model = _spread(Qwen2ForCausalLM(config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("_proj.bias"):
+                p.normal_(0, 0.5)  # Qwen's biases are large: make them matter
     check_supported(model.config, tok)
     path = tmp_path / "m.gguf"
-    write_gguf(model, tok, path, gguf_type="f16", name="tiny phi", stops=stop_token_ids(tok),
-               end_of_turn=end_of_turn_id(tok))
+    facts = write_gguf(model, tok, path, gguf_type="f16", name="tiny qwen2.5",
+                       stops=stop_token_ids(tok), end_of_turn=end_of_turn_id(tok))
+    assert facts["architecture"] == "qwen2" and facts["tokenizer_model"] == "gpt2"
     reader = gguf.GGUFReader(str(path))
-    tensors = {t.name: np.array(t.data) for t in reader.tensors}
-    np.testing.assert_array_equal(tensors["rope_factors_long.weight"], long_f)
-    np.testing.assert_array_equal(tensors["rope_factors_short.weight"], short_f)
-    attn = float(reader.fields["phi3.rope.scaling.attn_factor"].parts[-1][0])
-    assert attn == pytest.approx(math.sqrt(1 + math.log(4) / math.log(256)), rel=1e-6)
-    assert int(reader.fields["phi3.rope.scaling.original_context_length"].parts[-1][0]) == 256
+    assert _field(reader, "general.architecture") == "qwen2"
+    assert _field(reader, "tokenizer.ggml.model") == "gpt2"
+    assert _field(reader, "tokenizer.ggml.pre") == "qwen2"
+    assert _field(reader, "qwen2.rope.freq_base") == 1e6
+    assert "qwen2.rope.dimension_count" not in reader.fields
+    assert _field(reader, "tokenizer.ggml.eos_token_id") == tok.convert_tokens_to_ids("<|im_end|>")
+    assert _field(reader, "tokenizer.chat_template") == TEMPLATE
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type")
+    assert len(tokens) == len(tok) + 5 and tokens[-1] == f"[PAD{len(tok) + 4}]"
+    assert types[-1] == gguf.TokenType.UNUSED
+    assert types[tokens.index("<|im_start|>")] == gguf.TokenType.CONTROL
+    tensors = {t.name: t for t in reader.tensors}
+    assert {f"blk.0.attn_{x}.bias" for x in "qkv"} <= set(tensors)
+    assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
+    q = model.model.layers[0].self_attn.q_proj.weight.detach().numpy()
+    np.testing.assert_allclose(np.asarray(tensors["blk.0.attn_q.weight"].data, dtype=np.float32)
+                               .reshape(q.shape), q, atol=1e-3)  # not permuted
     check = verify_gguf(path, model, tok, chat_inputs(tok), "f16", "Hello, who are you?",
                         stop_token_ids(tok))
-    assert check["argmax_agreement"] == 1.0 and check["tokenizer_matches"]
+    assert check["tokenizer_matches"] and check["argmax_agreement"] == 1.0
+    assert check["max_logit_diff"] < 1e-2 * check["logit_scale"]
+
+
+@pytest.mark.parametrize("config_name", ["Qwen3Config", "Gemma3TextConfig", "GemmaConfig",
+                                         "PhiConfig"])
+def test_other_families_are_refused_with_the_way_out(config_name: str) -> None:
+    """Families the writer does not know are refused by check_supported, which export runs
+    before any weight loads, naming the alternative."""
+    import transformers
+
+    from engine.errors import UserError
+    from engine.export._gguf import check_supported
+
+    config = getattr(transformers, config_name)()
+    with pytest.raises(UserError, match=f"this model is {config.model_type}") as info:
+        check_supported(config, _small_tokenizer_cached())
+    assert info.value.code == "gguf_unsupported"
+    assert "--merge" in str(info.value.advice)
+
+
+@pytest.mark.parametrize(("config_name", "settings", "message"), [
+    ("Qwen2Config", {"use_sliding_window": True, "sliding_window": 64}, "use_sliding_window"),
+    ("Gemma2Config", {"tie_word_embeddings": False, "head_dim": 16,
+                      "query_pre_attn_scalar": 16}, "separate lm_head"),
+    ("Phi3Config", {"partial_rotary_factor": 0.5}, "partial rotary"),
+])
+def test_what_llama_cpp_computes_otherwise_is_refused(config_name: str, settings: dict[str, Any],
+                                                      message: str) -> None:
+    """Settings of a supported family that llama.cpp's graph for it does not follow."""
+    import transformers
+
+    from engine.errors import UserError
+    from engine.export._gguf import check_supported
+
+    config = getattr(transformers, config_name)(num_hidden_layers=2, **settings)
+    with pytest.raises(UserError, match=message) as info:
+        check_supported(config, _small_tokenizer_cached())
+    assert info.value.code == "gguf_unsupported" and "--merge" in str(info.value.advice)
+
+
+_TOK: list[Any] = []
+
+
+def _small_tokenizer_cached() -> Any:
+    import tempfile
+
+    if not _TOK:
+        with tempfile.TemporaryDirectory() as folder:
+            _TOK.append(_small_tokenizer(Path(folder)))
+    return _TOK[0]
+
+
+def test_gemma2_run_exports_through_the_real_path(tmp_path: Path) -> None:
+    """A LoRA run on a tiny Gemma 2 with a SentencePiece tokenizer (saved and loaded back as a
+    user's base folder is): export_run merges, writes gemma2 GGUF, loads it back and writes
+    the Modelfile."""
+    import gguf
+    from test_export import _chat_rows
+
+    from engine import events as ev
+    from engine import runs
+    from engine.config import job_from_dict
+    from engine.export import export_run
+    from engine.training import run_training
+
+    base = tmp_path / "gemma2-base"
+    tok = _spm_tokenizer(prefix_space=False)
+    tok.save_pretrained(base)
+    _family_model("gemma2", len(tok)).save_pretrained(base)
+    job = job_from_dict({  # Gemma 2 has no sdpa attention in transformers: eager, as a user sets
+        "name": "g2", "model": {"source": str(base), "attn_implementation": "eager"},
+        "dataset": {"path": str(_chat_rows(tmp_path / "chat.jsonl")), "max_length": 64},
+        "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "training": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-2,
+                     "warmup_ratio": 0.0},
+        "output": {"runs_dir": str(tmp_path / "runs")}})
+    run = tmp_path / "runs" / "g2"
+    writer = ev.EventWriter(run / runs.EVENTS_FILE)
+    try:
+        assert run_training(job, run_dir=run, emit=writer).status == "completed"
+    finally:
+        writer.close()
+    results = export_run(run, tmp_path / "out", merge=True, gguf=True, gguf_type="f16")
+    assert [r.kind for r in results] == ["merged", "gguf"]
+    facts = results[1].details
+    assert facts["architecture"] == "gemma2" and facts["tokenizer_model"] == "llama"
+    assert facts["tokenizer_matches"] and facts["argmax_agreement"] >= 0.98
+    reader = gguf.GGUFReader(results[1].path)
+    assert _field(reader, "tokenizer.ggml.add_space_prefix") is False
+    assert _field(reader, "tokenizer.chat_template") == TEMPLATE
+    assert 'PARAMETER stop "<|im_end|>"' in (tmp_path / "out" / "Modelfile").read_text()

@@ -54,7 +54,8 @@ def check_supported(config: Any, tokenizer: Any) -> None:
     model_type = str(getattr(config, "model_type", ""))
     family = FAMILIES.get(model_type)
     if family is None:
-        raise UserError(f"GGUF export supports {', '.join(FAMILIES)} models; this model is "
+        raise UserError(f"GGUF export supports llama-family models ({', '.join(FAMILIES)}); "
+                        f"this model is "
                         f"{model_type or 'unknown'}", _ADVICE, code="gguf_unsupported")
     kind, _ = rope_type(config)
     if kind not in family.ropes:
@@ -81,6 +82,13 @@ def _check_family(config: Any, model_type: str) -> None:
             raise UserError(f"GGUF export: this Gemma 2 model scales queries by "
                             f"query_pre_attn_scalar={scalar}, llama.cpp by head_dim="
                             f"{_head_dim(config)}", _ADVICE, code="gguf_unsupported")
+    if model_type == "qwen2" and getattr(config, "use_sliding_window", False):
+        raise UserError("GGUF export: llama.cpp's qwen2 has no sliding-window attention; this "
+                        "Qwen2 model sets use_sliding_window", _ADVICE, code="gguf_unsupported")
+    if model_type == "gemma2" and not getattr(config, "tie_word_embeddings", True):
+        raise UserError("GGUF export: llama.cpp's gemma2 reads its output head from the "
+                        "token embeddings; this Gemma 2 model has a separate lm_head",
+                        _ADVICE, code="gguf_unsupported")
     if model_type == "phi3" and float(getattr(config, "partial_rotary_factor", 1.0)) != 1.0:
         raise UserError("GGUF export does not support Phi-3 models with partial rotary "
                         "embeddings yet", _ADVICE, code="gguf_unsupported")
@@ -294,7 +302,8 @@ def _write_family_hparams(writer: Any, config: Any, model_type: str) -> None:
 # Round-trip thresholds per type: the share of positions whose most likely next token agrees
 # with the merged fp32 model, and the largest logit difference relative to the logit range.
 ROUND_TRIP = {"f16": (0.98, 0.02), "q8_0": (0.9, 0.08),
-              # llama.cpp's k-quant mixes (loaded back through transformers' dequantizer)
+              # llama.cpp's k-quant mixes (loaded back through transformers' dequantizer);
+              # not yet measured: llama.cpp's quantizer could not be built on this machine
               "q5_k_m": (0.8, 0.15), "q4_k_m": (0.7, 0.25)}
 
 
@@ -354,7 +363,7 @@ def _apply_rope_freqs(path: Path, merged: Any, loaded: Any) -> None:
             raise ExportCheckFailed(f"the GGUF file's {name} is missing or differs from the "
                                     "model's rope; nothing was written")
     if merged.config.model_type == "gemma2":
-        _apply_gemma2_keys(reader, loaded)
+        _apply_gemma2(reader, loaded, int(merged.config.query_pre_attn_scalar))
     if ROPE_LONG_TENSOR in want_extra:
         # Phi-3 longrope: the factors checked above are the merged model's own; its rotary
         # module computes with them (transformers picks long or short by sequence length,
@@ -375,22 +384,22 @@ def _apply_rope_freqs(path: Path, merged: Any, loaded: Any) -> None:
     rotary.original_inv_freq.copy_(inv_freq)
 
 
-def _apply_gemma2_keys(reader: Any, loaded: Any) -> None:
-    """What llama.cpp's gemma2 graph reads from the file and transformers' loader leaves at
-    Gemma2Config's defaults: the soft-capping values and the query scale 1/sqrt(key_length)."""
-    def value(key: str) -> float:
-        return float(reader.fields[f"gemma2.{key}"].parts[-1][0])
+def _apply_gemma2(reader: Any, loaded: Any, query_scalar: int) -> None:
+    """What llama.cpp computes for a gemma2 file and transformers' loader leaves at Gemma2Config
+    defaults: the soft-capping values the file holds, and the query scale (llama.cpp's gemma2
+    graph uses 1/sqrt(head_dim), hidden/heads for the 27B size; check_supported refuses a model
+    whose query_pre_attn_scalar is neither, so the model's own value is llama.cpp's)."""
+    def value(key: str) -> float | None:
+        field = reader.fields.get(f"gemma2.{key}")
+        return float(field.parts[-1][0]) or None if field is not None else None
 
-    attn_cap, final_cap = value("attn_logit_softcapping"), value("final_logit_softcapping")
-    loaded.config.attn_logit_softcapping = attn_cap or None
-    loaded.config.final_logit_softcapping = final_cap or None
-    config = loaded.config
-    per_head = (config.hidden_size // config.num_attention_heads
-                if config.num_hidden_layers == 46 else value("attention.key_length"))  # 27B
-    scale = per_head ** -0.5
+    loaded.config.final_logit_softcapping = value("final_logit_softcapping")
+    attn_cap = value("attn_logit_softcapping")
+    loaded.config.attn_logit_softcapping = attn_cap
     for layer in loaded.model.layers:
-        layer.self_attn.scaling = scale
-        layer.self_attn.attn_logit_softcapping = attn_cap or None
+        layer.self_attn.attn_logit_softcapping = attn_cap
+        layer.self_attn.scaling = query_scalar ** -0.5
+    loaded.config.query_pre_attn_scalar = query_scalar
 
 
 def _same_tokens(tokenizer: Any, loaded_tok: Any, inputs: list[Any]) -> bool:

@@ -78,8 +78,22 @@ def _pre_tokenizer_name(tokenizer: Any, model_type: str) -> str:
     return _PRE_BY_HASH.get(digest) or _FALLBACK_PRE.get(model_type, "default")
 
 
+def _looks_special(token: str) -> bool:
+    """convert_hf_to_gguf's does_token_look_special: added tokens some models ship as not
+    special that llama.cpp still treats as control tokens."""
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+            or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<｜") and token.endswith("｜>"))
+            or (token.startswith("<unused") and token.endswith(">")))
+
+
 def _token_types(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[Any]]:
-    """Tokens in id order and their llama.cpp types (padding ids: [PADn], UNUSED)."""
+    """Tokens in id order and their llama.cpp types (padding ids: [PADn], UNUSED).
+
+    SentencePiece, as ``_create_vocab_sentencepiece`` types them: the piece's own type first
+    (byte pieces ``<0xNN>`` BYTE, the unknown piece UNKNOWN, special pieces CONTROL), then
+    every added token of the tokenizer overrides it: CONTROL when special or special-looking,
+    else USER_DEFINED with '▁' written as a space."""
     import gguf
 
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
@@ -93,16 +107,17 @@ def _token_types(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[Any]]
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
             continue
-        looks_special = token.startswith(("<|", "<｜")) and token.endswith(("|>", "｜>"))
-        if spm and _BYTE_PIECE.fullmatch(token):
-            kind = gguf.TokenType.BYTE  # first, as gguf.LlamaHfVocab.get_token_type has it
-        elif spm and i == tokenizer.unk_token_id:
-            kind = gguf.TokenType.UNKNOWN
-        elif i in added or (spm and i in special_ids):
-            special = i in special_ids or looks_special or (i in added and added[i].special)
+        if i in added:
+            special = added[i].special or _looks_special(token)
             kind = gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
             if spm and not special:
                 token = token.replace("▁", " ")  # the converter pre-normalizes these
+        elif spm and _BYTE_PIECE.fullmatch(token):
+            kind = gguf.TokenType.BYTE
+        elif spm and i == tokenizer.unk_token_id:
+            kind = gguf.TokenType.UNKNOWN
+        elif spm and i in special_ids:
+            kind = gguf.TokenType.CONTROL
         else:
             kind = gguf.TokenType.NORMAL
         tokens.append(token)
