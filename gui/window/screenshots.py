@@ -26,7 +26,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gui.window.screenshots")
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     parser.add_argument("--pages", nargs="*", help="only these page keys")
-    parser.add_argument("--comparison", default=None, metavar="DIR",
+    parser.add_argument("--comparison", default=str(ROOT / "docs" / "compare-default"),
+                        metavar="DIR",
                         help="a comparison folder (python -m engine compare) for the "
                              "Compare methods page")
     return parser.parse_args(argv)
