@@ -54,6 +54,18 @@ def launched() -> bool:
     return bool(os.environ.get(LAUNCHER_ENV))
 
 
+def gpu_count() -> int:
+    """CUDA GPUs this process may use, read through NVML (engine.telemetry) without loading
+    torch (the launcher stays light); ``CUDA_VISIBLE_DEVICES`` narrows the list."""
+    from engine.telemetry import read_gpu_stats
+
+    found = len(read_gpu_stats())
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        found = min(found, len([v for v in visible.split(",") if v.strip() not in ("", "-1")]))
+    return found
+
+
 def _active() -> bool:
     import torch.distributed as dist
 
@@ -193,6 +205,20 @@ def rank_errors(run_dir: Path) -> list[ev.Error]:
         out.append(ev.Error(code=str(data.get("code", "")), message=str(data.get("message", "")),
                             advice=str(data.get("advice", "")), rank=int(data.get("rank", 0))))
     return sorted(out, key=lambda e: e.rank or 0)
+
+
+def peer_errors(run_dir: Path, wait_s: float = 3.0) -> list[ev.Error]:
+    """Rank 0's view when it fails in a run on several devices: the errors other ranks
+    recorded, waiting up to ``wait_s`` for one (a rank that raised ends its connections
+    before its report is written). Empty alone, or when no other rank failed."""
+    if world().size < 2:
+        return []
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while not (found := rank_errors(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
 
 
 def clear_rank_errors(run_dir: Path) -> None:

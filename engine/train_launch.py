@@ -36,9 +36,7 @@ def torchrun_command(job_file: Path, run_dir: Path, devices: int, *, resume: boo
 def check_devices(devices: int, requested: str) -> str:
     """'cuda' with N GPUs present, else 'cpu' (gloo processes); a UserError when the job
     asks for more GPUs than the machine has."""
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = distributed.gpu_count()
     if requested in ("auto", "cuda") and gpus >= devices:
         return "cuda"
     if requested == "cuda" or (requested == "auto" and gpus > 0):
@@ -103,10 +101,9 @@ def _report(run_dir: Path, code: int, events_stdout: bool) -> int:
             writer(event)
     finally:
         writer.close()
-    for event in new:
-        if isinstance(event, ev.Error):
-            who = f"rank {event.rank}" if event.rank is not None else "training"
-            print(f"error: {who} failed: {event.message}"
-                  + (f"\n  → {event.advice}" if event.advice else ""), file=sys.stderr)
     errors = [e for e in session + new if isinstance(e, ev.Error)]
-    return 1 if any(e.code in ("crash", "cuda_oom") for e in errors) or not errors else 2
+    first = min(errors, key=lambda e: e.time)  # the cause; later ones lost their peer
+    who = f"rank {first.rank}" if first.rank is not None else "training"
+    print(f"error: {who} failed: {first.message}"
+          + (f"\n  → {first.advice}" if first.advice else ""), file=sys.stderr)
+    return 1 if any(e.code in ("crash", "cuda_oom") for e in errors) else 2

@@ -329,12 +329,15 @@ def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
             raise
     except UserError as exc:
         _report_failure(emit, ev.Error(code=exc.code, message=exc.full_message,
-                                       advice=exc.advice), step(), start)
+                                       advice=exc.advice, rank=_rank_tag()), step(), start)
         raise
     except Exception as exc:
         code, advice = _crash_advice(exc)
+        if distributed.world().main:  # often a peer's failure broke a collective: its first
+            for peer in distributed.peer_errors(run_dir):
+                _report_failure(emit, peer, None, start)
         _report_failure(emit, ev.Error(code=code, message=f"{type(exc).__name__}: {exc}"[:2000],
-                                       advice=advice), step(), start)
+                                       advice=advice, rank=_rank_tag()), step(), start)
         raise
     emit(ev.RunFinished(status=result.status, step=result.step, final_loss=result.final_loss,
                         output_path=str(result.output_path or ""),
@@ -342,15 +345,24 @@ def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
     return result
 
 
-def _report_failure(emit: ev.EventSink, error: ev.Error, step: int, start: float) -> None:
-    """The error and ``run_finished`` events; on a full disk the events file may refuse them
-    (they are still shown), and the error that caused it is the one to raise."""
+def _report_failure(emit: ev.EventSink, error: ev.Error, step: int | None,
+                    start: float) -> None:
+    """The error and ``run_finished`` events (none when ``step`` is None); on a full disk the
+    events file may refuse them (they are still shown), and the error that caused it is the
+    one to raise."""
     try:
         emit(error)
-        emit(ev.RunFinished(status="failed", step=step,
-                            elapsed_s=round(time.perf_counter() - start, 2)))
+        if step is not None:
+            emit(ev.RunFinished(status="failed", step=step,
+                                elapsed_s=round(time.perf_counter() - start, 2)))
     except OSError:
         pass
+
+
+def _rank_tag() -> int | None:
+    """The rank an error came from, in a run on several devices."""
+    w = distributed.world()
+    return w.rank if w.size > 1 else None
 
 
 def _crash_advice(exc: Exception) -> tuple[str, str]:
