@@ -230,3 +230,45 @@ def test_torchrun_by_hand_needs_one_run_folder(tmp_path: Path, chat_jsonl: Path,
     assert main(["train", str(job)]) == 2
     assert "2 training processes need one run folder: pass --run-dir" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------ the advisor for N GPUs
+
+
+MODEL = "smollm2-135m-instruct"  # the offline default: its config is in the catalog
+
+
+def test_advisor_per_gpu_prediction_for_two_gpus(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.advisor import advise
+    from engine.advisor._devices import plan_devices
+    from engine.cli import main
+
+    one = advise(MODEL, vram_gb=8, batch_size=4, grad_accum=4)
+    ddp = plan_devices(one, 2, tokens_per_s=3000.0)
+    fsdp = plan_devices(one, 2, fsdp=True, layers=30)  # SmolLM2-135M's decoder layers
+    for name in ("lora", "full"):
+        single = one["methods"][name]
+        grads = single["breakdown_gb"]["gradients"]
+        # DDP: the whole model on each GPU, plus the reducer's gradient buckets
+        assert ddp["methods"][name]["expected_gb"] == pytest.approx(
+            single["expected_gb"] + grads, abs=1e-3)
+        # FSDP: weights, gradients and optimizer state halved, two layers gathered back
+        b = single["breakdown_gb"]
+        shard = (b["weights"] + b["gradients"] + b["optimizer"]) / 2
+        assert fsdp["methods"][name]["expected_gb"] == pytest.approx(
+            single["expected_gb"] - shard + 2 * b["weights"] / 30, abs=2e-3)
+    assert "refused" in fsdp["methods"]["qlora"]
+    # the effective batch: 4 x 4 on one GPU is 16; unchanged on two it is 32; 2 keeps 16
+    assert ddp["batch"] == {**ddp["batch"], "effective_one_gpu": 16, "effective_unchanged": 32,
+                            "grad_accum_to_keep": 2}
+    # tokens/s: LoRA's gradients are small, full fine-tuning all-reduces every weight's
+    lora, full = ddp["methods"]["lora"], ddp["methods"]["full"]
+    assert lora["allreduce_mb"] == pytest.approx(2 * 1 / 2 * one["methods"]["lora"][
+        "breakdown_gb"]["gradients"] * 1024**3 / 1e6, abs=0.06)  # (both rounded)
+    assert 1.95 < lora["tokens_per_s_factor"] <= 2.0
+    assert full["tokens_per_s_factor"] < lora["tokens_per_s_factor"]
+    assert main(["advise", "--model", MODEL, "--vram-gb", "8", "--method", "lora",
+                 "--grad-accum", "4", "--devices", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "On 2 GPUs, DDP" in out and "4 x 4 x 2 = 32 (one GPU: 16)" in out
+    assert "grad_accum 4 → 2" in out

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient-checkpointing", default="auto", choices=tuple(CHECKPOINTING),
                         help="auto lets the advice switch it on when needed")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--devices", default="1", metavar="N",
+                        help="GPUs to train on: memory per GPU, tokens/s and the accumulation "
+                             "that keeps the effective batch (engine.advisor._devices)")
+    parser.add_argument("--fsdp", action="store_true", help="with --devices: FSDP full_shard")
 
 
 def _number(text: str | None, name: str, *, integer: bool, lo: float) -> Any:
@@ -56,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
         grad_accum=_number(args.grad_accum, "--grad-accum", integer=True, lo=1),
         optimizer=args.optimizer,
         gradient_checkpointing=CHECKPOINTING[args.gradient_checkpointing])
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    devices = _number(args.devices, "--devices", integer=True, lo=1)
+    if devices > 1:
+        from engine.advisor._devices import format_devices, plan_devices
+
+        result["multi_gpu"] = plan_devices(result, devices, fsdp=args.fsdp)
+    table = format_table(result) + (format_devices(result["multi_gpu"]) if devices > 1 else "")
+    print(json.dumps(result, indent=2) if args.json else table)
     return 0
 
 
