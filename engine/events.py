@@ -43,6 +43,7 @@ class RunStarted:
     batch_size: int = 0  # micro-batch per device
     grad_accum: int = 0
     effective_batch: int = 0  # batch_size × grad_accum × devices: samples per optimizer step
+    fsdp: str = "off"  # off (DDP, or one device) | full_shard (weights sharded across them)
 
 
 @dataclass(frozen=True, kw_only=True)

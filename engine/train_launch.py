@@ -61,12 +61,24 @@ def launch(args: argparse.Namespace, job_file: Path, run_dir: Path, devices: int
                            resume=args.resume, events_stdout=args.events_stdout)
     if args.events_stdout and sys.stdin is not None and not sys.stdin.isatty():
         threading.Thread(target=_forward_stop, args=(run_dir,), daemon=True).start()
-    child = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+    linux = sys.platform.startswith("linux")
+    child = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+                             preexec_fn=_die_with_parent if linux else None)
     try:
         code = child.wait()
     except KeyboardInterrupt:  # torchrun got the same Ctrl-C and ends its ranks
         code = child.wait()
     return code if code == 0 else _report(run_dir, code, args.events_stdout)
+
+
+def _die_with_parent() -> None:
+    """In torchrun's process, before it starts: SIGTERM when the launcher dies (the GUI's
+    "Stop now" kills the launcher); torchrun then ends its ranks, none is left training."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _forward_stop(run_dir: Path) -> None:

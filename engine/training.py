@@ -73,7 +73,7 @@ def distributed_arguments(job: JobConfig, device: str) -> dict[str, Any]:
     if distributed.world().size < 2:
         return {}
     out: dict[str, Any] = {"ddp_backend": "nccl" if device == "cuda" else "gloo"}
-    if job.training.fsdp == "full_shard":
+    if job.training.fsdp == "full_shard" and device == "cuda":  # accelerate shards GPUs only
         out["fsdp"] = "full_shard auto_wrap"
         out["fsdp_config"] = {"use_orig_params": True,
                               "activation_checkpointing": job.training.gradient_checkpointing}
@@ -226,7 +226,8 @@ def make_trainer_class() -> type:
             self._bad = bad if self._bad is None else self._bad | bad
 
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
-            if not _trainable_finite(model):  # the last line of defence: never write NaNs
+            # the last line of defence: never write NaNs (FSDP: each rank sees its shard)
+            if distributed.agree(not _trainable_finite(model)):
                 self.control.should_training_stop = True
                 if self.on_non_finite is not None:
                     self.on_non_finite(self.state, self.control, "a trained weight")
@@ -399,6 +400,11 @@ def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Calla
             emit(changed)
     run = _setup(job, run_dir, emit, should_stop)
     built.append(run.trainer)
+    if job.training.fsdp != "off" and not run.trainer.is_fsdp_enabled:
+        emit(ev.Warning(code="fsdp_off", message=(
+            f"training.fsdp: {job.training.fsdp} needs several CUDA GPUs (accelerate shards "
+            f"only across GPUs); this run on {distributed.world().size} {run.device} "
+            "process(es) keeps the whole model in each (data-parallel)")))
     resume_from = _resume_point(run_dir, emit) if resume else None
     emit(_run_started(job, run, run_dir))
     planned = planned_steps(run.trainer.args, len(run.data.train))
@@ -557,7 +563,8 @@ def _run_started(job: JobConfig, run: _Run, run_dir: Path) -> ev.RunStarted:
         quantized_4bit=is_4bit(run.trainer.model), device=run.device,
         max_steps=planned_steps(run.trainer.args, len(run.data.train)), pid=os.getpid(),
         precision=run.precision.name, precision_reason=run.precision.reason,
-        diagnostics=True, **_batch_facts(job))
+        diagnostics=True, fsdp="full_shard" if run.trainer.is_fsdp_enabled else "off",
+        **_batch_facts(job))
 
 
 def _batch_facts(job: JobConfig) -> dict[str, int]:
@@ -588,6 +595,9 @@ def _save(job: JobConfig, run: _Run, run_dir: Path, emit: ev.EventSink) -> RunRe
                                                   or step % job.training.eval_steps):
         trainer.evaluate()
     status = "stopped" if callback.stopped else "completed"
+    if trainer.is_fsdp_enabled:
+        out = _save_sharded(run.spec, trainer, run.tokenizer, run_dir, emit)
+        return RunResult(status, run_dir, out, step, callback.last_loss)
     if not distributed.world().main:  # rank 0 alone writes the result (the weights agree)
         distributed.barrier()
         return RunResult(status, run_dir, run_dir / run.spec.output_dir, step,
@@ -596,6 +606,29 @@ def _save(job: JobConfig, run: _Run, run_dir: Path, emit: ev.EventSink) -> RunRe
                        run.task.write_extras if run.task else None)
     distributed.barrier()
     return RunResult(status, run_dir, out, step, callback.last_loss)
+
+
+def _save_sharded(spec: Any, trainer: Any, tokenizer: Any, run_dir: Path,
+                  emit: ev.EventSink) -> Path:
+    """FSDP: gathering the full weights is collective, so every rank calls the Trainer's
+    save (FULL_STATE_DICT, written by rank 0); rank 0 then renames the folder into place."""
+    target = run_dir / spec.output_dir
+    partial = run_dir / f".{spec.output_dir}.partial"
+    main = distributed.world().main
+    if main:
+        shutil.rmtree(partial, ignore_errors=True)
+        emit(ev.Progress(stage="save", current=0, total=1, message=f"saving {target.name}/"))
+    distributed.barrier()
+    trainer.save_model(str(partial))
+    distributed.barrier()
+    if main:
+        tokenizer.save_pretrained(partial)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+        emit(ev.Progress(stage="save", current=1, total=1, message=f"saved {target}"))
+    distributed.barrier()
+    return target
 
 
 def _save_result(spec: Any, model: Any, tokenizer: Any, run_dir: Path,
