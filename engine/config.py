@@ -175,6 +175,15 @@ class TrainingConfig:
     device: str = field(default="auto", metadata=_help(
         "auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu.",
         choices=("auto", "cuda", "mps", "cpu")))
+    devices: int = field(default=1, metadata=_help(
+        "Training processes, one GPU each (data-parallel through torchrun); on a machine "
+        "without GPUs, CPU processes. The effective batch is batch_size × grad_accum × devices. "
+        "`--devices N` on the command line overrides it."))
+    fsdp: str = field(default="off", metadata=_help(
+        "off: each device holds the whole model (DDP); full_shard: shard weights, gradients "
+        "and optimizer state across the devices (FSDP), for models bigger than one card. "
+        "Not with qlora: bitsandbytes' 4-bit weights cannot be sharded.",
+        choices=("off", "full_shard")))
     sample_prompts: list[str] = field(default_factory=list, metadata=_help(
         "Prompts answered at each evaluation so you can watch the model change."))
     sample_max_new_tokens: int = field(default=48, metadata=_help(
@@ -197,6 +206,7 @@ class TrainingConfig:
         _check_range("training.logging_steps", self.logging_steps, 1)
         _check_range("training.sample_max_new_tokens", self.sample_max_new_tokens, 1)
         _check_range("training.seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
+        _check_range("training.devices", self.devices, 1, 64)
 
 
 @dataclass

@@ -39,6 +39,11 @@ class RunStarted:
     precision: str = ""  # fp32 | bf16 | fp16, as training runs
     precision_reason: str = ""  # why (e.g. "auto: the CPU has native bf16 (...)")
     diagnostics: bool = False  # the engine emits the trend warnings (engine.diagnostics) itself
+    devices: int = 1  # training processes (one device each)
+    batch_size: int = 0  # micro-batch per device
+    grad_accum: int = 0
+    effective_batch: int = 0  # batch_size × grad_accum × devices: samples per optimizer step
+    fsdp: str = "off"  # off (DDP, or one device) | full_shard (weights sharded across them)
 
 
 # Every progress ``stage`` the engine reports, with the words a user reads for it.
@@ -146,6 +151,7 @@ class Error:
     code: str = ""
     message: str = ""
     advice: str = ""
+    rank: int | None = None  # the training process that failed, in a run on several devices
 
 
 @dataclass(frozen=True, kw_only=True)

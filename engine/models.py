@@ -443,7 +443,9 @@ def load_base(job: JobConfig, folder: str, device: str, precision: Precision,
             bnb_4bit_use_double_quant=job.method.double_quant, bnb_4bit_compute_dtype=compute,
             # a new classifier head trains in full: it must stay a plain layer
             llm_int8_skip_modules=["classifier", "score"] if job.task == "classify" else None)
-        kwargs["device_map"] = {"": device if device != "cuda" else 0}
+        # each rank's 4-bit base on its own GPU (torchrun's LOCAL_RANK; 0 alone)
+        gpu = int(os.environ.get("LOCAL_RANK", "0"))
+        kwargs["device_map"] = {"": device if device != "cuda" else gpu}
     try:
         model = auto.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:

@@ -57,6 +57,7 @@ MODEL_DIR = "model"  # full fine-tuning
 EVALUATION_FILE = "evaluation.json"
 BEST_FILE = "best_checkpoint.json"
 LOCK_FILE = "run.lock"
+RANKS_DIR = "ranks"  # ranks/rank-<r>.json: a non-zero rank's error, for the launcher
 
 RUNNING = "running"
 INTERRUPTED = "interrupted"
@@ -462,6 +463,7 @@ class RunSummary:
     pid: int = 0
     has_checkpoint: bool = False
     error: str = ""
+    devices: int = 1
 
     @property
     def running(self) -> bool:
@@ -487,13 +489,14 @@ def summarize_events(run_dir: Path, events: list[ev.Event]) -> RunSummary:
             start, finished = e, None
             s.model = str(e.job.get("model", {}).get("source", ""))
             s.method, s.max_steps, s.pid, s.started = e.method, e.max_steps, e.pid, e.time
+            s.devices = e.devices or 1
         elif isinstance(e, ev.Step):
             s.step, s.final_loss = e.step, e.loss
             s.max_steps = e.max_steps or s.max_steps
         elif isinstance(e, ev.Eval):
             s.final_eval_loss = e.eval_loss
         elif isinstance(e, ev.Error):
-            s.error = e.message
+            s.error = e.message if e.rank is None else f"rank {e.rank}: {e.message}"
         elif isinstance(e, ev.RunFinished):
             finished = e
     if finished is not None:

@@ -1,16 +1,18 @@
-"""``python -m engine train JOB.yaml [--run-dir DIR] [--resume] [--events-stdout]``."""
+"""``python -m engine train JOB.yaml [--run-dir DIR] [--resume] [--events-stdout] [--devices N]``.
+
+With ``--devices N`` (or ``training.devices``) above 1 this process is the launcher
+(engine.train_launch); each rank torchrun starts comes back here with ``RANK`` set."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+from engine import distributed, runs
 from engine import events as ev
-from engine import runs
 from engine.errors import UserError
 
 
@@ -22,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue the run in --run-dir from its last complete checkpoint")
     parser.add_argument("--events-stdout", action="store_true",
                         help="write events as JSON lines on stdout (for the GUI and scripts)")
+    parser.add_argument("--devices", type=int, default=None, metavar="N",
+                        help="train on N devices, one process each, through torchrun "
+                             "(default: the job's training.devices)")
 
 
 class ProgressBar:
@@ -144,14 +149,19 @@ def run(args: argparse.Namespace) -> int:
         check_inputs(job)  # before a folder is made: a wrong path leaves nothing behind
     # (in an existing folder, such as the one the GUI prepares, run_training checks the same
     # paths first thing and records the error in the run's events for the GUI to show)
-    if args.run_dir and not args.resume:
+    devices = _devices(args, job)
+    world = distributed.world()
+    if world.size > 1 and not args.run_dir:
+        raise UserError(f"{world.size} training processes need one run folder: pass --run-dir",
+                        "torchrun … -m engine train JOB.yaml --run-dir runs/<name>, or let "
+                        f"Tunesmith launch them: python -m engine train JOB.yaml --devices "
+                        f"{world.size}")
+    if args.run_dir and not args.resume and world.main and not distributed.launched():
         _refuse_finished_run(Path(args.run_dir))
     run_dir = (runs.prepare_run_dir(args.run_dir) if args.run_dir
                else runs.create_run_dir(job.output.runs_dir, job.name))
-    rank = int(os.environ.get("RANK", "0"))
-    if rank != 0:
-        return _train(args, job, job_file, run_dir, rank)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not world.main or distributed.launched():  # the launcher holds the lock for the ranks
+        return _train(args, job, job_file, run_dir, world.rank)
     try:
         lock = runs.acquire_lock(run_dir)  # before anything is written: one trainer per folder
     except UserError as exc:
@@ -160,31 +170,48 @@ def run(args: argparse.Namespace) -> int:
                   flush=True)
         raise
     try:
-        return _train(args, job, job_file, run_dir, rank)
+        if devices > 1 and world.size == 1:  # one run folder, then one process per device
+            from engine.train_launch import launch
+
+            return launch(args, job_file, run_dir, devices)
+        return _train(args, job, job_file, run_dir, world.rank)
     finally:
         runs.release_lock(run_dir, lock)
+
+
+def _devices(args: argparse.Namespace, job: Any) -> int:
+    if args.devices is not None and args.devices < 1:
+        raise UserError(f"--devices {args.devices}: give 1 or more", "e.g. --devices 2")
+    return args.devices if args.devices is not None else job.training.devices
 
 
 def _train(args: argparse.Namespace, job: Any, job_file: Path, run_dir: Path, rank: int) -> int:
     from engine.training import run_training
 
-    if rank == 0:
+    launched = distributed.launched()
+    if rank == 0 and not launched:
         (run_dir / runs.STOP_FILE).unlink(missing_ok=True)  # stale, from a previous session
     events_out = sys.stdout
     if args.events_stdout:
         # stdout carries only event lines; anything a library prints goes to stderr.
         sys.stdout = sys.stderr
+    writer: ev.EventWriter | None = None
+    if rank == 0:  # rank 0 alone writes events; another rank's error goes to ranks/
+        try:
+            writer = ev.EventWriter(run_dir / runs.EVENTS_FILE,
+                                    echo=events_out if args.events_stdout else None)
+        except OSError as exc:
+            raise runs.folder_error(run_dir, exc, "--run-dir") from None
+        if not args.events_stdout:
+            writer.add_listener(ProgressBar(sys.stderr))
+    emit: ev.EventSink = writer if writer is not None else distributed.RankErrorSink(run_dir,
+                                                                                    rank)
+    # the launcher reads stdin for the ranks (a "stop" line becomes the STOP file)
+    stop: Any = StopSignal(run_dir, args.events_stdout and not launched)
+    if distributed.world().size > 1:
+        stop = distributed.AgreedStop(stop)
     try:
-        writer = ev.EventWriter(run_dir / runs.EVENTS_FILE,
-                                echo=events_out if args.events_stdout else None)
-    except OSError as exc:
-        raise runs.folder_error(run_dir, exc, "--run-dir") from None
-    if not args.events_stdout:
-        writer.add_listener(ProgressBar(sys.stderr))
-    emit: ev.EventSink = writer if rank == 0 else (lambda _event: None)
-    try:
-        result = run_training(job, run_dir=run_dir, emit=emit,
-                              should_stop=StopSignal(run_dir, args.events_stdout),
+        result = run_training(job, run_dir=run_dir, emit=emit, should_stop=stop,
                               resume=args.resume, job_file=job_file)
     except UserError as exc:
         if args.events_stdout:
@@ -196,13 +223,17 @@ def _train(args: argparse.Namespace, job: Any, job_file: Path, run_dir: Path, ra
         if runs.is_disk_full(exc):  # e.g. the events file itself could not be written
             print(f"error: {runs.disk_full(run_dir)}", file=sys.stderr)
             return 2
-        with open(run_dir / runs.CRASH_FILE, "w", encoding="utf-8") as fh:
+        crash = (run_dir / runs.CRASH_FILE if rank == 0
+                 else run_dir / runs.RANKS_DIR / f"rank-{rank}-{runs.CRASH_FILE}")
+        crash.parent.mkdir(parents=True, exist_ok=True)
+        with open(crash, "w", encoding="utf-8") as fh:
             traceback.print_exc(file=fh)
-        print(f"error: the run crashed; details in {run_dir / runs.CRASH_FILE}", file=sys.stderr)
+        print(f"error: the run crashed; details in {crash}", file=sys.stderr)
         return 1
     finally:
         try:
-            writer.close()
+            if writer is not None:
+                writer.close()
         except OSError:
             pass  # a full disk: the events were shown, the message above says why
     return 0 if result.status in ("completed", "stopped") else 1

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import distributed, runs
 from engine import events as ev
-from engine import runs
 from engine.config import JobConfig
 from engine.errors import UserError
 from engine.models import Precision
@@ -59,11 +59,37 @@ def training_arguments(job: JobConfig, run_dir: Path, device: str, precision: Pr
         logging_nan_inf_filter=False, seed=t.seed, data_seed=t.seed,
         use_cpu=device == "cpu", report_to="none", disable_tqdm=True,
         dataloader_num_workers=0, remove_unused_columns=False,
-        include_num_input_tokens_seen="all")
+        include_num_input_tokens_seen="all", **distributed_arguments(job, device))
     # A whole number of steps: transformers reads a float below 1 as a ratio but 1.0 as one
     # step, so passing the ratio itself would turn warmup_ratio 1.0 into a single warm-up step.
     args.warmup_steps = warmup_steps(t.warmup_ratio, planned_steps(args, train_sequences))
     return args
+
+
+def distributed_arguments(job: JobConfig, device: str) -> dict[str, Any]:
+    """TrainingArguments for several ranks (none alone): gloo on the CPU, nccl on CUDA, and
+    FSDP when asked (``use_orig_params`` lets LoRA's frozen and trained weights share a
+    shard)."""
+    if distributed.world().size < 2:
+        return {}
+    out: dict[str, Any] = {"ddp_backend": "nccl" if device == "cuda" else "gloo"}
+    if job.training.fsdp == "full_shard" and device == "cuda":  # accelerate shards GPUs only
+        out["fsdp"] = "full_shard auto_wrap"
+        out["fsdp_config"] = {"use_orig_params": True,
+                              "activation_checkpointing": job.training.gradient_checkpointing}
+    return out
+
+
+def check_fsdp(job: JobConfig, spec: Any) -> None:
+    """FSDP shards plain tensors; bitsandbytes' packed 4-bit weights are not."""
+    if job.training.fsdp != "off" and spec.quantized_base:
+        from engine.errors import ConfigError
+
+        raise ConfigError("training.fsdp", f"{job.training.fsdp} cannot shard method "
+                          f"{spec.name}'s 4-bit base: bitsandbytes' packed 4-bit weights are "
+                          "not plain tensors FSDP can split (each rank would still hold the "
+                          "whole base)", "set training.fsdp: off (QLoRA runs data-parallel, "
+                          "one 4-bit base per GPU), or use method lora with fsdp: full_shard")
 
 
 def planned_steps(args: Any, train_sequences: int) -> int:
@@ -185,7 +211,8 @@ def make_trainer_class() -> type:
             c = self.control
             due = (c.should_log or c.should_save or c.should_evaluate or c.should_training_stop
                    or self.state.global_step >= self.state.max_steps)
-            if not (due and bool(self._bad.any())):
+            # The ranks agree (a rank-local NaN loss would otherwise stop one rank alone).
+            if not (due and distributed.agree(bool(self._bad.any()))):
                 super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, *args, **kwargs)
                 return
             c.should_save = c.should_evaluate = False
@@ -208,7 +235,8 @@ def make_trainer_class() -> type:
             self._bad = bad if self._bad is None else self._bad | bad
 
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
-            if not _trainable_finite(model):  # the last line of defence: never write NaNs
+            # the last line of defence: never write NaNs (FSDP: each rank sees its shard)
+            if distributed.agree(not _trainable_finite(model)):
                 self.control.should_training_stop = True
                 if self.on_non_finite is not None:
                     self.on_non_finite(self.state, self.control, "a trained weight")
@@ -217,10 +245,17 @@ def make_trainer_class() -> type:
                 self.on_saving(self.state.global_step)
             final_root = Path(self.args.output_dir)
             staging = final_root / ".staging"
-            shutil.rmtree(staging, ignore_errors=True)
+            # Several ranks write into the same staging folder (each its own RNG file, rank 0
+            # the rest): rank 0 alone clears it before and renames it after, each behind a
+            # barrier, so no rank deletes a file another is writing or has just renamed.
+            main = self.args.process_index == 0
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)
+            distributed.barrier()
             self._staging_dir = str(staging)
             try:
                 super()._save_checkpoint(model, trial)
+                distributed.barrier()
             except Exception as exc:
                 # The previous checkpoints stay as they were; the partial one goes (on a full
                 # disk it would keep the disk full).
@@ -235,12 +270,14 @@ def make_trainer_class() -> type:
                 self._staging_dir = None
             name = runs.checkpoint_name(self.state.global_step)
             target = final_root / name
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging / name, target)
-            shutil.rmtree(staging, ignore_errors=True)
-            self._rotate(final_root)
-            if self.on_checkpoint is not None:
+            if main:
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(staging / name, target)
+                shutil.rmtree(staging, ignore_errors=True)
+                self._rotate(final_root)
+            distributed.barrier()
+            if self.on_checkpoint is not None and main:
                 self.on_checkpoint(target, self.state.global_step)
 
         def _get_output_dir(self, trial: Any) -> str:
@@ -294,7 +331,8 @@ def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
     step = lambda: trainer[0].state.global_step if trainer else 0  # noqa: E731
     try:
         try:
-            runs.write_job(run_dir, job, source=job_file)
+            if distributed.world().main:  # one writer: the ranks share the run folder
+                runs.write_job(run_dir, job, source=job_file)
             check_inputs(job)
             result = _train(job, run_dir, emit, should_stop, resume, trainer)
         except OSError as exc:
@@ -303,12 +341,15 @@ def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
             raise
     except UserError as exc:
         _report_failure(emit, ev.Error(code=exc.code, message=exc.full_message,
-                                       advice=exc.advice), step(), start)
+                                       advice=exc.advice, rank=_rank_tag()), step(), start)
         raise
     except Exception as exc:
         code, advice = _crash_advice(exc)
+        if distributed.world().main:  # often a peer's failure broke a collective: its first
+            for peer in distributed.peer_errors(run_dir):
+                _report_failure(emit, peer, None, start)
         _report_failure(emit, ev.Error(code=code, message=f"{type(exc).__name__}: {exc}"[:2000],
-                                       advice=advice), step(), start)
+                                       advice=advice, rank=_rank_tag()), step(), start)
         raise
     emit(ev.RunFinished(status=result.status, step=result.step, final_loss=result.final_loss,
                         output_path=str(result.output_path or ""),
@@ -316,15 +357,24 @@ def run_training(job: JobConfig, *, run_dir: Path, emit: ev.EventSink,
     return result
 
 
-def _report_failure(emit: ev.EventSink, error: ev.Error, step: int, start: float) -> None:
-    """The error and ``run_finished`` events; on a full disk the events file may refuse them
-    (they are still shown), and the error that caused it is the one to raise."""
+def _report_failure(emit: ev.EventSink, error: ev.Error, step: int | None,
+                    start: float) -> None:
+    """The error and ``run_finished`` events (none when ``step`` is None); on a full disk the
+    events file may refuse them (they are still shown), and the error that caused it is the
+    one to raise."""
     try:
         emit(error)
-        emit(ev.RunFinished(status="failed", step=step,
-                            elapsed_s=round(time.perf_counter() - start, 2)))
+        if step is not None:
+            emit(ev.RunFinished(status="failed", step=step,
+                                elapsed_s=round(time.perf_counter() - start, 2)))
     except OSError:
         pass
+
+
+def _rank_tag() -> int | None:
+    """The rank an error came from, in a run on several devices."""
+    w = distributed.world()
+    return w.rank if w.size > 1 else None
 
 
 def _crash_advice(exc: Exception) -> tuple[str, str]:
@@ -355,8 +405,17 @@ class _Run:
 def _train(job: JobConfig, run_dir: Path, emit: ev.EventSink, should_stop: Callable[[], bool],
            resume: bool, built: list[Any]) -> RunResult:
     """setup → train → save, the torchtune recipe's shape."""
+    if resume:  # on another device count: keep the effective batch, or say what changed
+        changed = distributed.resume_batch(job, run_dir, distributed.world().size)
+        if changed is not None:
+            emit(changed)
     run = _setup(job, run_dir, emit, should_stop)
     built.append(run.trainer)
+    if job.training.fsdp != "off" and not run.trainer.is_fsdp_enabled:
+        emit(ev.Warning(code="fsdp_off", message=(
+            f"training.fsdp: {job.training.fsdp} needs several CUDA GPUs (accelerate shards "
+            f"only across GPUs); this run on {distributed.world().size} {run.device} "
+            "process(es) keeps the whole model in each (data-parallel)")))
     resume_from = _resume_point(run_dir, emit) if resume else None
     emit(_run_started(job, run, run_dir))
     emit(ev.Progress(stage="first_step", current=0, total=1,
@@ -390,6 +449,7 @@ def _setup(job: JobConfig, run_dir: Path, emit: ev.EventSink,
     )
 
     spec = get_method(job.method.name)
+    check_fsdp(job, spec)
     device = pick_device(job.training.device)
     precision = resolve_precision(job.training.precision, device)
     if spec.quantized_base and device == "mps":
@@ -545,7 +605,14 @@ def _run_started(job: JobConfig, run: _Run, run_dir: Path) -> ev.RunStarted:
         quantized_4bit=is_4bit(run.trainer.model), device=run.device,
         max_steps=planned_steps(run.trainer.args, len(run.data.train)), pid=os.getpid(),
         precision=run.precision.name, precision_reason=run.precision.reason,
-        diagnostics=True)
+        diagnostics=True, fsdp="full_shard" if run.trainer.is_fsdp_enabled else "off",
+        **_batch_facts(job))
+
+
+def _batch_facts(job: JobConfig) -> dict[str, int]:
+    t, n = job.training, distributed.world().size
+    return {"devices": n, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
+            "effective_batch": distributed.effective_batch(t.batch_size, t.grad_accum, n)}
 
 
 def _add_memory_check(trainer: Any, job: JobConfig, emit: ev.EventSink) -> None:
@@ -570,9 +637,40 @@ def _save(job: JobConfig, run: _Run, run_dir: Path, emit: ev.EventSink) -> RunRe
                                                   or step % job.training.eval_steps):
         trainer.evaluate()
     status = "stopped" if callback.stopped else "completed"
+    if trainer.is_fsdp_enabled:
+        out = _save_sharded(run.spec, trainer, run.tokenizer, run_dir, emit)
+        return RunResult(status, run_dir, out, step, callback.last_loss)
+    if not distributed.world().main:  # rank 0 alone writes the result (the weights agree)
+        distributed.barrier()
+        return RunResult(status, run_dir, run_dir / run.spec.output_dir, step,
+                         callback.last_loss)
     out = _save_result(run.spec, trainer.model, run.tokenizer, run_dir, emit,
                        run.task.write_extras if run.task else None)
+    distributed.barrier()
     return RunResult(status, run_dir, out, step, callback.last_loss)
+
+
+def _save_sharded(spec: Any, trainer: Any, tokenizer: Any, run_dir: Path,
+                  emit: ev.EventSink) -> Path:
+    """FSDP: gathering the full weights is collective, so every rank calls the Trainer's
+    save (FULL_STATE_DICT, written by rank 0); rank 0 then renames the folder into place."""
+    target = run_dir / spec.output_dir
+    partial = run_dir / f".{spec.output_dir}.partial"
+    main = distributed.world().main
+    if main:
+        shutil.rmtree(partial, ignore_errors=True)
+        emit(ev.Progress(stage="save", current=0, total=1, message=f"saving {target.name}/"))
+    distributed.barrier()
+    trainer.save_model(str(partial))
+    distributed.barrier()
+    if main:
+        tokenizer.save_pretrained(partial)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+        emit(ev.Progress(stage="save", current=1, total=1, message=f"saved {target}"))
+    distributed.barrier()
+    return target
 
 
 def _save_result(spec: Any, model: Any, tokenizer: Any, run_dir: Path,

@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter-dtype", default="fp32", choices=("fp32", "compute"),
                         help="LoRA/DoRA/QLoRA trained weights in fp32 or the compute dtype")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--devices", default="1", metavar="N",
+                        help="GPUs to train on: memory per GPU, tokens/s and the accumulation "
+                             "that keeps the effective batch (engine.advisor._devices)")
+    parser.add_argument("--fsdp", action="store_true", help="with --devices: FSDP full_shard")
 
 
 def _number(text: str | None, name: str, *, integer: bool, lo: float) -> Any:
@@ -63,7 +67,13 @@ def run(args: argparse.Namespace) -> int:
         gradient_checkpointing=CHECKPOINTING[args.gradient_checkpointing],
         activation_offloading=CHECKPOINTING[args.activation_offloading],
         adapter_dtype=args.adapter_dtype)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    devices = _number(args.devices, "--devices", integer=True, lo=1)
+    if devices > 1:
+        from engine.advisor._devices import format_devices, plan_devices
+
+        result["multi_gpu"] = plan_devices(result, devices, fsdp=args.fsdp)
+    table = format_table(result) + (format_devices(result["multi_gpu"]) if devices > 1 else "")
+    print(json.dumps(result, indent=2) if args.json else table)
     return 0
 
 

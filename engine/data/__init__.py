@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,9 +166,14 @@ def prepare_sft(job: Any, tokenizer: Any, *, model_type: str = "", cache: Path |
     }
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(cache_file)
+        # a temp file of this process's own: ranks of a multi-device run tokenize the same
+        # data at the same time, and a shared name would be renamed away under another rank
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(result))
+            tmp.replace(cache_file)  # atomic: a reader sees the old file or the whole new one
+        finally:
+            tmp.unlink(missing_ok=True)
     return PreparedData(**result, eval_samples=eval_s)
 
 

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from gui.controllers.app_context import AppContext
 
 REFRESH_MS = 3000
-COLUMNS = ("Run", "Status", "Model", "Method", "Steps", "Train loss", "Eval loss", "Started")
+COLUMNS = ("Run", "Status", "Model", "Method", "Devices", "Steps", "Train loss", "Eval loss",
+           "Started")
 COLORS = [(40, 110, 220), (230, 120, 30), (60, 170, 90), (200, 60, 60), (150, 90, 200),
           (30, 170, 180), (200, 160, 30), (120, 120, 120)]
 
@@ -138,7 +139,8 @@ class QtRunsPage(RemoteCodeAsker, QWidget):
         steps = f"{run.step} / {run.max_steps}" if run.max_steps else str(run.step)
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)) \
             if run.started else ""
-        return [run.name, run.status, Path(run.model).name or run.model, run.method, steps,
+        return [run.name, run.status, Path(run.model).name or run.model, run.method,
+                str(run.devices), steps,
                 _loss(run.final_loss), _loss(run.final_eval_loss), started]
 
     # ------------------------------------------------------------------ selection and plot

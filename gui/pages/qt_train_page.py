@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QCoreApplication, Qt, QTimer
 from PySide6.QtWidgets import (
+    QCheckBox,
     QHBoxLayout,
     QLabel,
     QMessageBox,
@@ -115,6 +116,7 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
         self._t0 = time.time()  # when the shown run (segment) began
         self._device = ""
         self._oom_settings: dict[str, Any] = {}
+        self._gpus = 1  # detected on the worker pool (engine.telemetry, through NVML)
         self._build()
         # QProgressBar.setValue repaints at once: update the bar and ETA ~4 times a second.
         self._progress_timer = QTimer(self, singleShot=True, interval=250)
@@ -133,6 +135,10 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
             self._on_events(self.controller.history)
         self._on_state_changed(self.controller.state)
         self._look_for_background_runs()
+        self.job.changed.connect(self._on_job_changed)
+        self._on_job_changed("")
+        self.ctx.tasks.submit("train_gpu_count", "Counting GPUs", _gpu_count,
+                              self._on_gpu_count)
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -156,6 +162,13 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
         top.addWidget(title)
         top.addSpacing(12)
         top.addWidget(self.run_label, 1)
+        # shown when more than one GPU is detected: sets training.devices (engine.train_launch)
+        self.gpus_box = QCheckBox("Use 1 GPU")
+        self.gpus_box.setVisible(False)
+        self.gpus_box.setToolTip("Train data-parallel on every GPU, one process each "
+                                 "(training.devices); the effective batch grows with them")
+        self.gpus_box.toggled.connect(self._on_use_gpus)
+        top.addWidget(self.gpus_box)
         for button in (self.start_button, self.stop_button, self.resume_button):
             top.addWidget(button)
         layout.addLayout(top)
@@ -166,7 +179,10 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
         self.eta_label = QLabel("")
         self.eta_label.setMinimumWidth(260)
         self.eta_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.batch_label = QLabel("")  # micro-batch × accumulation × devices
+        self.batch_label.setToolTip("Effective batch: samples per optimizer step")
         progress.addWidget(self.progress, 1)
+        progress.addWidget(self.batch_label)
         progress.addWidget(self.eta_label)
         layout.addLayout(progress)
         self.banners = QtBannerArea()
@@ -261,6 +277,8 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
                 self._last_step, self._stage = event, None
             elif isinstance(event, ev.RunStarted):
                 self._device = event.device
+                if event.effective_batch:
+                    self._show_batch(event.batch_size, event.grad_accum, event.devices)
                 self._ask_predicted_peak(event)
             elif isinstance(event, ev.Progress):
                 done = event.total > 0 and event.current >= event.total
@@ -470,6 +488,30 @@ class QtTrainPage(RemoteCodeAsker, QWidget):
         self.log_view.appendPlainText(f"best checkpoint: {message}")
         self.banners.show_banner("best_kept", "info", "Best checkpoint", message.capitalize())
 
+    # ------------------------------------------------------------------ devices and batch
+    def _on_gpu_count(self, count: int) -> None:
+        self._gpus = count
+        self.gpus_box.setVisible(count > 1)
+        self.gpus_box.setText(f"Use {count} GPUs")
+        self.gpus_box.setChecked(self.job.job.training.devices > 1)
+
+    def _on_use_gpus(self, on: bool) -> None:
+        wanted = self._gpus if on else 1
+        if self.job.job.training.devices != wanted:
+            self.job.set("training.devices", wanted)
+
+    def _on_job_changed(self, key: str) -> None:
+        if key in ("", "training.batch_size", "training.grad_accum", "training.devices") \
+                and not self.controller.is_active():
+            t = self.job.job.training
+            self._show_batch(t.batch_size, t.grad_accum, t.devices)
+
+    def _show_batch(self, batch: int, accum: int, devices: int) -> None:
+        from engine.distributed import effective_batch
+
+        per = f"{batch} × {accum}" + (f" × {devices} GPUs" if devices > 1 else "")
+        self.batch_label.setText(f"batch {per} = {effective_batch(batch, accum, devices)}")
+
     def _ask_predicted_peak(self, started: ev.RunStarted) -> None:
         job, device = started.job, started.device
         if not device.startswith("cuda"):
@@ -592,3 +634,9 @@ def _duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _gpu_count() -> int:
+    from engine.distributed import gpu_count
+
+    return gpu_count()

@@ -253,3 +253,24 @@ def test_a_job_that_trusts_remote_code_asks_before_it_runs(qtbot: Any, make_ctx:
             assert page.confirm_remote_code("someone/remote-model") is expected
     finally:
         page.shutdown()
+
+
+def test_use_n_gpus_appears_with_two_gpus_and_shows_the_effective_batch(
+        qtbot: Any, make_ctx: Any, tiny_llama_dir: Path, chat_jsonl: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.distributed
+
+    monkeypatch.setattr(engine.distributed, "gpu_count", lambda: 2)
+    ctx = make_ctx(tiny_job(tiny_llama_dir, chat_jsonl, tmp_path / "runs", grad_accum=3))
+    page = _page(qtbot, ctx)
+    try:
+        qtbot.waitUntil(lambda: page.gpus_box.isVisible(), timeout=10_000)
+        assert page.gpus_box.text() == "Use 2 GPUs" and not page.gpus_box.isChecked()
+        assert page.batch_label.text() == "batch 2 × 3 = 6"
+        page.gpus_box.setChecked(True)  # the job file's training.devices
+        assert ctx.job.job.training.devices == 2
+        assert page.batch_label.text() == "batch 2 × 3 × 2 GPUs = 12"
+        page.gpus_box.setChecked(False)
+        assert ctx.job.job.training.devices == 1
+    finally:
+        page.shutdown()
