@@ -7,9 +7,10 @@
 PYTHON ?= python3
 export TORCH VENV
 
-.PHONY: setup run demo test lint lock clean
+.PHONY: setup run demo test lint lock clean bundle
 
-setup run demo lint lock clean:
+# bundle: dist/tunesmith/, the desktop bundle (docs/packaging.md)
+setup run demo lint lock clean bundle:
 	$(PYTHON) scripts/bootstrap.py $@
 
 test:
