@@ -4,6 +4,7 @@
 # works without make (Windows: `py scripts/bootstrap.py run`).
 #   make run TORCH="torch==2.13.0 --index-url <PyTorch CUDA index>"   picks the PyTorch build
 #   make lock                                                          refreshes the lock
+#   make bundle                        builds the desktop bundle dist/tunesmith/ (docs/packaging.md)
 PYTHON ?= python3
 export TORCH VENV
 
