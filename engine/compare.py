@@ -38,6 +38,7 @@ from typing import Any, TextIO
 from engine import events as ev
 from engine import runs
 from engine.errors import UserError
+from engine.launch import engine_command, python_command
 
 COMPARISON_FILE = "comparison.json"
 RUNS_SUBDIR = "runs"
@@ -131,10 +132,6 @@ def method_job(job: Any, method: str, steps: int) -> Any:
 # --------------------------------------------------------------------------- children
 
 
-def engine_command(verb: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "engine", verb, *args]
-
-
 class _Child:
     """One engine child: its event lines as events, its stderr in a file, its peak RSS."""
 
@@ -172,7 +169,7 @@ def library_baseline_gb() -> float | None:
     code = ("import engine.training, transformers, peft, torch;"
             "from engine.telemetry_mem import peak_rss_bytes; print(peak_rss_bytes())")
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+        out = subprocess.run(python_command(code), capture_output=True, text=True,
                              timeout=300, check=True).stdout
         return int(out.strip().splitlines()[-1]) / 1024**3
     except (subprocess.SubprocessError, ValueError, IndexError, OSError):

@@ -72,6 +72,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--page", default="model", help="the page to show first")
     parser.add_argument("--theme", choices=("system", "light", "dark"), default=None,
                         help="default: the one chosen in View → Theme (system at first)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="open the window, print 'visible SECONDS' once it is painted, quit "
+                        "(tests/test_bundle.py checks a built bundle with it)")
     return parser.parse_args(argv)
 
 
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = create_app(app, theme=args.theme)
     window = create_window(ctx, job=args.job, page=args.page)
     window.show()
-    if os.environ.get("TUNESMITH_COLD_START"):  # benchmarks/cold_start.py
+    if args.smoke or os.environ.get("TUNESMITH_COLD_START"):  # benchmarks/cold_start.py
         from gui.window.app import report_when_visible
 
         report_when_visible(window, START)

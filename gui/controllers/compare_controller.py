@@ -18,7 +18,8 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from engine import compare, runs
 from engine.config import JobConfig, save_job
 from engine.errors import UserError
-from gui.controllers.eval_controllers import _JobController, engine_command
+from engine.launch import engine_command
+from gui.controllers.eval_controllers import _JobController
 
 STOP_GRACE_MS = 60_000  # a training step of a big model on the CPU can take this long
 

@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any
@@ -23,13 +22,10 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal
 
 from engine import events as ev
 from engine import runs
+from engine.launch import engine_command
 
 STDERR_TAIL = 40  # stderr lines kept to explain a failure
 CLOSE_GRACE_MS = 3000  # after closing the chat's stdin, the child gets this long to exit
-
-
-def engine_command(verb: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "engine", verb, *args]
 
 
 class _LineReader(QThread):

@@ -31,6 +31,7 @@ from engine import events as ev
 from engine import runs
 from engine.config import JobConfig, save_job
 from engine.diagnostics import Diagnostics
+from engine.launch import engine_command
 from engine.runs import quick_status
 
 STOP_GRACE_S = 60.0  # silence after Stop before the kill; each event or log line resets it
@@ -217,8 +218,8 @@ class RunController(QObject):
                            self._attached_is_alive if live else _never)
 
     def command(self, run_dir: Path, *, resume: bool) -> list[str]:
-        cmd = [sys.executable, "-m", "engine", "train", str(run_dir / runs.JOB_FILE),
-               "--run-dir", str(run_dir), "--events-stdout"]
+        cmd = engine_command("train", str(run_dir / runs.JOB_FILE), "--run-dir", str(run_dir),
+                             "--events-stdout")
         return [*cmd, "--resume"] if resume else cmd
 
     def _require_idle(self) -> None:
