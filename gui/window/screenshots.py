@@ -30,6 +30,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                         metavar="DIR",
                         help="a comparison folder (python -m engine compare) for the "
                              "Compare methods page")
+    parser.add_argument("--run", default=None, metavar="DIR",
+                        help="a finished run folder (python -m engine train ...): the Train "
+                             "page re-attaches to it and Evaluate, Export and Runs show it, so "
+                             "the screenshots show a real run rather than empty pages")
     return parser.parse_args(argv)
 
 
@@ -92,12 +96,20 @@ def run(args: argparse.Namespace) -> int:
     window.ask_to_save = False
     window.resize(*SIZE)
     window.show()
+    if args.run:
+        run_dir = Path(args.run).resolve()
+        ctx.job.set("output.runs_dir", str(run_dir.parent))
+        window.show_page("train")
+        window.page("train").controller.attach(run_dir)
     order = [p.key for p in PAGES]
     for key in args.pages or order:
         index = order.index(key) + 1  # file names keep the flow's order
         window.show_page(key)
         if key == "compare" and args.comparison:
             window.page(key).open_folder(args.comparison)
+        if key == "runs" and args.run:
+            _settle(app, ctx)
+            window.page(key).select_runs([Path(args.run).resolve()])
         _shoot(app, ctx, window, f"{index:02d}-{key}", out)
         if key == "hyperparameters":
             page = window.page(key)
