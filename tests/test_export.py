@@ -508,7 +508,8 @@ def test_refuses_gguf_for_other_architectures(lora_run: Path, tmp_path: Path) ->
     from engine.export._gguf import check_supported
 
     tok = AutoTokenizer.from_pretrained(lora_run / "adapter")
-    with pytest.raises(UserError, match="supports llama, mistral, qwen2, gemma2, phi3") as info:
+    families = r"llama-family models \(llama, mistral, qwen2, gemma2, phi3\)"
+    with pytest.raises(UserError, match=families) as info:
         check_supported(GPT2Config(), tok)
     assert info.value.code == "gguf_unsupported"
     yarn = LlamaConfig(rope_scaling={"rope_type": "yarn", "factor": 4.0,
