@@ -251,6 +251,12 @@ class QtComparePage(QWidget):
                                 "</span>")
             return
         self.show_comparison(data)
+        # The controls say what the reopened comparison ran, so its command reruns it.
+        ran = {row.get("method") for row in data["methods"]}
+        for name, box in self.method_boxes.items():
+            box.setChecked(name in ran)
+        if isinstance(data.get("steps"), int) and data["steps"] > 0:
+            self.steps.setValue(data["steps"])
         self.status.setText(f"Opened {html.escape(str(folder))}.")
 
     def _on_use(self) -> None:

@@ -72,6 +72,11 @@ def test_reopens_a_saved_comparison(page: Any, tmp_path: Path) -> None:
         assert len(scatter.data) == 2
     xs = sorted(p["x"] for p in page.chart.scatters["peak_memory_gb"].data)
     assert xs == [0.4, 1.9]
+    # The ticks and steps are the reopened comparison's, and so is the command.
+    ticked = [m for m, box in page.method_boxes.items() if box.isChecked()]
+    assert set(ticked) == {r["method"] for r in page.data["methods"]}
+    assert page.steps.value() == 2
+    assert f"--methods {','.join(ticked)} --steps 2" in page.command.text()
 
 
 def test_use_this_method_sets_the_job(page: Any, ctx: Any) -> None:
