@@ -56,6 +56,9 @@ def _number(text: str | None, name: str, *, integer: bool, lo: float) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Print the advice (a table, or JSON with ``--json``); return 0."""
     from engine.advisor._recommend import advise
+    from engine.cli import quiet_libraries
+
+    quiet_libraries()  # e.g. bitsandbytes' "pip install kernels" line on import
 
     result = advise(
         args.model, method=args.method,
