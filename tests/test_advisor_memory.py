@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -42,12 +44,12 @@ class _Holder:
     __slots__ = ("__weakref__", "t")
 
 
-def saved_for_backward_bytes(model: Any, batch: int, seq: int) -> int:
-    """Bytes of the distinct storages autograd still holds after the forward pass.
-
-    Parameters are left out (they are the weights); tensors saved by graphs that were
-    already freed during the forward (e.g. DoRA's detached weight norm) are left out too.
-    """
+@contextlib.contextmanager
+def recording_saved_tensors(model: Any) -> Iterator[Callable[[], dict[int, int]]]:
+    """Inside: autograd's saved tensors are recorded. Yields ``alive()``: the distinct
+    storages (data pointer → bytes) still held, weights left out; call it after the forward
+    (also after the ``with``). Tensors saved by graphs already freed (e.g. DoRA's detached
+    weight norm) are left out."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     packed: list[tuple[weakref.ref[_Holder], int, int]] = []
 
@@ -58,12 +60,21 @@ def saved_for_backward_bytes(model: Any, batch: int, seq: int) -> int:
         packed.append((weakref.ref(h), st.data_ptr(), st.nbytes()))
         return h
 
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
+    def alive() -> dict[int, int]:
+        return {ptr: n for ref, ptr, n in packed if ref() is not None and ptr not in params}
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
+        yield alive
+
+
+def saved_for_backward_bytes(model: Any, batch: int, seq: int) -> int:
+    """Bytes of the distinct storages autograd still holds after the forward pass."""
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
+    with recording_saved_tensors(model) as alive:
         out = model(input_ids=ids, labels=ids)
-    alive = {ptr: n for ref, ptr, n in packed if ref() is not None and ptr not in params}
+    held = alive()
     del out
-    return sum(alive.values())
+    return sum(held.values())
 
 
 def predicted_saved(config: LlamaConfig, method: str, opts: MethodOptions, batch: int,

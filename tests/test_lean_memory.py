@@ -7,12 +7,12 @@ of 64 and outputs multiples of 32, see tests/conftest.py).
 from __future__ import annotations
 
 import warnings
-import weakref
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from test_advisor_memory import recording_saved_tensors
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from engine import catalog
@@ -201,10 +201,6 @@ def test_offload_decision_refuses_the_cpu_with_a_reason() -> None:
 # --------------------------------------------------------------------------- advisor terms
 
 
-class _Holder:
-    __slots__ = ("__weakref__", "t")
-
-
 def _lora_model(config: LlamaConfig, dtype: torch.dtype = torch.float32,
                 adapter_dtype: str = "fp32", dropout: float = 0.0) -> Any:
     from engine.methods import METHODS
@@ -231,22 +227,12 @@ def test_chunked_loss_terms_match_real_tensors(ckpt: bool) -> None:
     if ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     decoder, head = plain_head(model)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    packed: list[tuple[Any, int, int]] = []
-
-    def pack(t: torch.Tensor) -> _Holder:
-        h = _Holder()
-        h.t = t
-        st = t.untyped_storage()
-        packed.append((weakref.ref(h), st.data_ptr(), st.nbytes()))
-        return h
-
     ids = torch.randint(0, 512, (2, 48))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
+    with recording_saved_tensors(model) as alive_storages:
         hidden = decoder(input_ids=ids).last_hidden_state
         loss = causal_lm_loss(hidden, head.weight, ids)
     del hidden
-    alive = {p: n for ref, p, n in packed if ref() is not None and p not in params}
+    alive = alive_storages()
     held = sum(t.numel() * t.element_size() for t in loss.grad_fn.grads if t is not None)
     measured = sum(alive.values()) + held
     f = model_facts(config)

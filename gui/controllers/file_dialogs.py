@@ -8,7 +8,7 @@ One home for both: every page's Browse button goes through :func:`open_file`,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QUrl
 from PySide6.QtGui import QDesktopServices
@@ -44,18 +44,21 @@ def remember(settings: AppSettings | None, chosen: str) -> None:
 
 def open_file(parent: QWidget, settings: AppSettings | None, title: str, filters: str,
               suggested: str = "") -> str:
-    path, _ = QFileDialog.getOpenFileName(parent, title, start_dir(settings, suggested),
-                                          filters)
-    remember(settings, path)
-    return path
+    return _pick_file(QFileDialog.getOpenFileName, parent, settings, title, filters, suggested)
 
 
 def save_file(parent: QWidget, settings: AppSettings | None, title: str, filters: str,
               suggested: str = "") -> str:
-    path, _ = QFileDialog.getSaveFileName(parent, title, start_dir(settings, suggested),
-                                          filters)
+    return _pick_file(QFileDialog.getSaveFileName, parent, settings, title, filters, suggested)
+
+
+def _pick_file(dialog: Any, parent: QWidget, settings: AppSettings | None, title: str,
+               filters: str, suggested: str) -> str:
+    """Open ``dialog`` (QFileDialog's open or save) in the remembered folder; remember the
+    folder of what was picked."""
+    path, _ = dialog(parent, title, start_dir(settings, suggested), filters)
     remember(settings, path)
-    return path
+    return str(path)
 
 
 def existing_dir(parent: QWidget, settings: AppSettings | None, title: str,
